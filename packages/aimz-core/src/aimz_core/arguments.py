@@ -1,0 +1,143 @@
+"""Routing of call arguments to the kernel: binding, reserved names, batching."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+from aimz_core.kernel import kernel_signature
+
+
+def is_array_like(value: object) -> bool:
+    """Whether ``value`` is batched with the input (arrays, lists, tuples).
+
+    Example:
+        >>> is_array_like([1, 2]), is_array_like("ab"), is_array_like({"a": 1})
+        (True, False, False)
+    """
+    if isinstance(value, (str, bytes, bytearray, Mapping)):
+        return False
+    return hasattr(value, "__len__") or hasattr(value, "shape") or hasattr(value, "__array__")
+
+
+def as_array(value: Any, name: str) -> np.ndarray | jax.Array:
+    """Convert an array-like to a NumPy array (JAX arrays are kept) with ndim >= 1."""
+    arr = value if isinstance(value, (np.ndarray, jax.Array)) else np.asarray(value)
+    if arr.ndim == 0:
+        raise ValueError(f"`{name}` must have at least 1 dimension, got a scalar.")
+    return arr
+
+
+def reject_reserved(kwargs: Mapping[str, Any], param_input: str, param_output: str) -> None:
+    """Refuse keyword arguments named like the kernel's input or output."""
+    for name in (param_input, param_output):
+        if name in kwargs:
+            raise TypeError(
+                f"{name!r} is a reserved kernel parameter and cannot be passed as a "
+                "keyword argument; pass it positionally as the method's own argument."
+            )
+
+
+@dataclass(frozen=True)
+class KernelArgs:
+    """Call arguments split into arrays (batched along axis 0) and static extras.
+
+    Attributes:
+        arrays: Array-valued arguments, including the input (and output if given).
+        extras: Everything else; passed whole and treated as static by ``jax.jit``.
+    """
+
+    arrays: dict[str, Any]
+    extras: dict[str, Any]
+
+    def extras_key(self) -> tuple[tuple[str, Any], ...]:
+        """A hashable key of the static arguments (used by jit caches)."""
+        items = []
+        for k, v in sorted(self.extras.items()):
+            try:
+                hash(v)
+                items.append((k, v))
+            except TypeError:
+                items.append((k, ("<unhashable>", id(v))))
+        return tuple(items)
+
+
+def bind_arguments(
+    kernel: Callable,
+    param_input: str,
+    param_output: str,
+    X: Any,
+    y: Any = None,
+    kwargs: Mapping[str, Any] | None = None,
+) -> KernelArgs:
+    """Bind ``X``, ``y`` and extra kwargs to the kernel signature and split them.
+
+    Raises:
+        TypeError: For reserved, unknown or missing arguments.
+        ValueError: For 0-D ``X`` or ``y``.
+
+    Example:
+        >>> def k(X, y=None, scale=1.0): ...
+        >>> bound = bind_arguments(k, "X", "y", [1.0, 2.0], None, {"scale": 2.0})
+        >>> sorted(bound.arrays), bound.extras
+        (['X'], {'scale': 2.0})
+    """
+    kwargs = dict(kwargs or {})
+    reject_reserved(kwargs, param_input, param_output)
+    values: dict[str, Any] = {param_input: X, **kwargs}
+    if y is not None:
+        values[param_output] = y
+    try:
+        kernel_signature(kernel).bind(**values)
+    except TypeError as err:
+        raise TypeError(f"Arguments do not match the kernel signature: {err}") from None
+    arrays: dict[str, Any] = {param_input: as_array(X, param_input)}
+    if y is not None:
+        arrays[param_output] = as_array(y, param_output)
+    extras: dict[str, Any] = {}
+    for name, value in kwargs.items():
+        if value is None:
+            extras[name] = None
+        elif is_array_like(value):
+            arrays[name] = as_array(value, name)
+        else:
+            extras[name] = value
+    return KernelArgs(arrays=arrays, extras=extras)
+
+
+def check_aligned(arrays: Mapping[str, Any], param_input: str) -> int:
+    """Check that every batched array shares the input's leading size; return it.
+
+    Raises:
+        ValueError: If the input is empty or sizes differ.
+    """
+    n = len(arrays[param_input])
+    if n == 0:
+        raise ValueError(f"`{param_input}` must not be empty.")
+    sizes = {name: len(arr) for name, arr in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        listing = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        raise ValueError(
+            f"All array arguments must share the leading-axis size of "
+            f"`{param_input}`; got {listing}."
+        )
+    return n
+
+
+def kernel_parameter_names(kernel: Callable) -> tuple[str, ...]:
+    """Names of the kernel's parameters, in order."""
+    return tuple(kernel_signature(kernel).parameters)
+
+
+def required_parameters(kernel: Callable) -> tuple[str, ...]:
+    """Names of the kernel's parameters without defaults."""
+    return tuple(
+        p.name
+        for p in kernel_signature(kernel).parameters.values()
+        if p.default is inspect.Parameter.empty
+    )

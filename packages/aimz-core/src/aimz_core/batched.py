@@ -1,0 +1,135 @@
+"""Jitted, sharded batch functions of a kernel, built once and cached per config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import jax
+from jax import random
+
+from aimz_core.sampling import forward_draw, loglik_draw
+from aimz_core.sharding import DeviceLayout, shard_draws, shard_obs
+
+Kind = Literal["predict", "prior", "loglik"]
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Static description of one batched function (the cache key).
+
+    Attributes:
+        kind: ``"predict"`` (posterior predictive), ``"prior"`` or ``"loglik"``.
+        shard_axis: ``"obs"`` (one key per batch, draws split inside) or ``"draw"``
+            (one key per draw, passed in).
+        return_sites: Sites to return (ignored for ``"loglik"``).
+        extras_key: Hashable view of the static keyword arguments.
+        num_draws: Draws per batch on the ``"obs"`` path.
+        draw_block: Draws vectorised at once (``None``: all of them).
+        sharded: Whether to shard over local devices.
+    """
+
+    kind: Kind
+    shard_axis: Literal["obs", "draw"]
+    return_sites: tuple[str, ...]
+    extras_key: tuple
+    num_draws: int
+    draw_block: int | None = None
+    sharded: bool = True
+
+
+@dataclass
+class BatchFunction:
+    """A jitted batch function plus the plate names its first trace recorded."""
+
+    fn: Callable[..., dict[str, jax.Array]]
+    dims: dict[str, dict[int, str]] = field(default_factory=dict)
+
+
+def build_batch_function(
+    kernel: Callable,
+    config: BatchConfig,
+    extras: dict[str, Any],
+    param_output: str,
+    layout: DeviceLayout,
+) -> BatchFunction:
+    """Build the jitted function ``f(post, key_or_keys, arrays, intervention, condition)``.
+
+    On the ``"obs"`` path ``key`` is one key per batch, split into ``num_draws`` keys
+    inside; on the ``"draw"`` path ``keys`` holds one key per draw. Outputs map each
+    site to an array with the draw axis first.
+    """
+    dims: dict[str, dict[int, str]] = {}
+
+    def one(key, draw, arrays, intervention, condition):
+        args = {**arrays, **extras}
+        if config.kind == "loglik":
+            return loglik_draw(kernel, key, draw, args, param_output=param_output, dims_out=dims)
+        return forward_draw(
+            kernel,
+            key,
+            draw,
+            args,
+            return_sites=config.return_sites,
+            intervention=intervention,
+            condition=condition,
+            dims_out=dims,
+        )
+
+    def over_draws(keys, post, arrays, intervention, condition):
+        if config.draw_block is None or config.draw_block >= config.num_draws:
+            return jax.vmap(one, in_axes=(0, 0, None, None, None))(
+                keys, post, arrays, intervention, condition
+            )
+        return jax.lax.map(
+            lambda kp: one(kp[0], kp[1], arrays, intervention, condition),
+            (keys, post),
+            batch_size=config.draw_block,
+        )
+
+    if config.shard_axis == "obs":
+
+        def run(post, key, arrays, intervention, condition):
+            keys = random.split(key, config.num_draws)
+            return over_draws(keys, post, arrays, intervention, condition)
+
+        fn = shard_obs(run, layout) if config.sharded else run
+    else:
+
+        def run(post, key_idx, arrays, intervention, condition):
+            key, idx = key_idx
+            keys = jax.vmap(random.fold_in, in_axes=(None, 0))(key, idx)
+            return over_draws(keys, post, arrays, intervention, condition)
+
+        fn = shard_draws(run, layout) if config.sharded else run
+    return BatchFunction(jax.jit(fn), dims)
+
+
+class FunctionCache:
+    """Per-model cache of batch functions keyed by :class:`BatchConfig`."""
+
+    def __init__(self) -> None:
+        self._entries: dict[BatchConfig, BatchFunction] = {}
+
+    def get(
+        self,
+        kernel: Callable,
+        config: BatchConfig,
+        extras: dict[str, Any],
+        param_output: str,
+        layout: DeviceLayout,
+    ) -> BatchFunction:
+        """Return the cached function for ``config``, building it on first use."""
+        entry = self._entries.get(config)
+        if entry is None:
+            entry = build_batch_function(kernel, config, extras, param_output, layout)
+            self._entries[config] = entry
+        return entry
+
+    def clear(self) -> None:
+        """Forget every compiled function."""
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,122 @@
+"""`KernelSpec`: what one or more traces of a kernel revealed about its sites."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aimz_core.exceptions import AimzWarning
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """Sites of a kernel discovered by tracing it.
+
+    Attributes:
+        traced: Whether a real trace of the kernel has happened.
+        sample_sites: Every ``sample`` site seen (latent and observed).
+        return_sites: Default return sites: the output first, then every
+            ``deterministic`` site in trace order.
+        output_observed: Whether a trace ran with the output observed (fitting).
+
+    Example:
+        >>> spec = KernelSpec(True, ("w", "y"), ("y", "mu"), True)
+        >>> spec.return_sites
+        ('y', 'mu')
+    """
+
+    traced: bool
+    sample_sites: tuple[str, ...]
+    return_sites: tuple[str, ...]
+    output_observed: bool
+
+    @classmethod
+    def from_trace(
+        cls,
+        trace: Mapping[str, Mapping[str, Any]],
+        *,
+        param_output: str,
+        with_output: bool,
+    ) -> KernelSpec:
+        """Build a spec from a NumPyro trace.
+
+        Example:
+            >>> tr = {"w": {"type": "sample"}, "mu": {"type": "deterministic"},
+            ...       "y": {"type": "sample"}}
+            >>> KernelSpec.from_trace(tr, param_output="y", with_output=True)
+            KernelSpec(traced=True, sample_sites=('w', 'y'), return_sites=('y', 'mu'), output_observed=True)
+        """  # noqa: E501
+        sample = tuple(n for n, s in trace.items() if s["type"] == "sample")
+        deterministic = tuple(
+            n for n, s in trace.items() if s["type"] == "deterministic" and n != param_output
+        )
+        return cls(
+            traced=True,
+            sample_sites=sample,
+            return_sites=(param_output, *deterministic),
+            output_observed=with_output,
+        )
+
+    def merge(self, newer: KernelSpec) -> KernelSpec:
+        """Union of two specs; the newer spec's sites come first.
+
+        Example:
+            >>> a = KernelSpec(True, ("w",), ("y",), False)
+            >>> b = KernelSpec(True, ("w", "y"), ("y", "mu"), True)
+            >>> a.merge(b).return_sites
+            ('y', 'mu')
+        """
+        return KernelSpec(
+            traced=self.traced or newer.traced,
+            sample_sites=tuple(dict.fromkeys((*newer.sample_sites, *self.sample_sites))),
+            return_sites=tuple(dict.fromkeys((*newer.return_sites, *self.return_sites))),
+            output_observed=self.output_observed or newer.output_observed,
+        )
+
+    def covers(self, with_output: bool) -> bool:
+        """Whether this spec already answers a trace request (no retrace needed)."""
+        return self.output_observed if with_output else self.traced
+
+
+def coerce_return_sites(
+    return_sites: str | Iterable[str] | None, spec: KernelSpec | None, param_output: str
+) -> tuple[str, ...]:
+    """Normalise a ``return_sites`` argument to a tuple of site names.
+
+    ``None`` means the spec's default return sites; a string is one site; any
+    iterable of strings is taken in order (duplicates dropped). Names that no trace
+    has seen are passed through with a warning.
+
+    Example:
+        >>> coerce_return_sites("y", None, "y")
+        ('y',)
+    """
+    if return_sites is None:
+        return spec.return_sites if spec is not None else (param_output,)
+    if isinstance(return_sites, str):
+        sites: tuple[str, ...] = (return_sites,)
+    else:
+        try:
+            sites = tuple(dict.fromkeys(return_sites))
+        except TypeError:
+            raise TypeError(
+                "`return_sites` must be a site name, an iterable of site names or "
+                f"None, got {type(return_sites).__name__}."
+            ) from None
+        bad = [s for s in sites if not isinstance(s, str)]
+        if bad:
+            raise TypeError(f"`return_sites` must contain strings only, got {bad!r}.")
+    if spec is not None and spec.traced:
+        known = set(spec.sample_sites) | set(spec.return_sites)
+        unseen = [s for s in sites if s not in known]
+        if unseen:
+            warnings.warn(
+                f"Return site(s) {', '.join(map(repr, unseen))} not seen in any trace so "
+                "far; they are passed through and left out of the output if the "
+                "kernel never records them.",
+                AimzWarning,
+                stacklevel=4,
+            )
+    return sites
