@@ -44,6 +44,7 @@ class BatchFunction:
     """A jitted batch function plus the plate names its first trace recorded."""
 
     fn: Callable[..., dict[str, jax.Array]]
+    one: Callable[..., dict[str, jax.Array]]
     dims: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
@@ -54,11 +55,13 @@ def build_batch_function(
     param_output: str,
     layout: DeviceLayout,
 ) -> BatchFunction:
-    """Build the jitted function ``f(post, key_or_keys, arrays, intervention, condition)``.
+    """Build the jitted ``f(post, (key, index), arrays, intervention, condition)``.
 
-    On the ``"obs"`` path ``key`` is one key per batch, split into ``num_draws`` keys
-    inside; on the ``"draw"`` path ``keys`` holds one key per draw. Outputs map each
-    site to an array with the draw axis first.
+    On the ``"obs"`` path ``index`` is the batch number: the batch key is
+    ``fold_in(key, index)`` (and, when sharded, the device index is folded in too),
+    split into ``num_draws`` draw keys. On the ``"draw"`` path ``index`` holds the
+    global draw indices of the chunk and each draw's key is ``fold_in(key, draw)``.
+    Outputs map each site to an array with the draw axis first.
     """
     dims: dict[str, dict[int, str]] = {}
 
@@ -94,7 +97,11 @@ def build_batch_function(
             keys = random.split(key, config.num_draws)
             return over_draws(keys, post, arrays, intervention, condition)
 
-        fn = shard_obs(run, layout) if config.sharded else run
+        def run_batch(post, key_index, arrays, intervention, condition):
+            key, index = key_index
+            return run(post, random.fold_in(key, index), arrays, intervention, condition)
+
+        fn = shard_obs(run, layout) if config.sharded else run_batch
     else:
 
         def run(post, key_idx, arrays, intervention, condition):
@@ -103,7 +110,7 @@ def build_batch_function(
             return over_draws(keys, post, arrays, intervention, condition)
 
         fn = shard_draws(run, layout) if config.sharded else run
-    return BatchFunction(jax.jit(fn), dims)
+    return BatchFunction(jax.jit(fn), one, dims)
 
 
 class FunctionCache:

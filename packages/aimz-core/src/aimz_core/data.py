@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -108,6 +108,26 @@ class ArrayLoader:
             stop = min(start + self.batch_size, n)
             idx = slice(start, stop) if order is None else order[start:stop]
             yield self.dataset[idx]
+
+
+def is_loader(value: object) -> bool:
+    """Whether ``value`` is a data loader: an :class:`ArrayLoader` or an iterable of
+    mappings (a list or tuple of dicts, a generator...), rather than an array-like.
+
+    Example:
+        >>> import numpy as np
+        >>> is_loader([{"X": np.zeros(2)}]), is_loader([1.0, 2.0]), is_loader(np.zeros(2))
+        (True, False, False)
+    """
+    if isinstance(value, ArrayLoader):
+        return True
+    if isinstance(value, (str, bytes, bytearray, Mapping, np.ndarray, jax.Array)):
+        return False
+    if isinstance(value, (list, tuple)):
+        return len(value) > 0 and all(isinstance(item, Mapping) for item in value)
+    if hasattr(value, "shape") or hasattr(value, "__array__") or isinstance(value, Sequence):
+        return False
+    return isinstance(value, Iterable)
 
 
 def check_batch_size(batch_size: object, name: str = "batch_size") -> int:

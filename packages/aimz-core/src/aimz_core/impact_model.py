@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
 import tempfile
@@ -28,7 +30,7 @@ from aimz_core.arguments import (
     reject_reserved,
 )
 from aimz_core.batched import BatchConfig, FunctionCache
-from aimz_core.data import ArrayDataset, ArrayLoader, check_batch_size
+from aimz_core.data import ArrayDataset, ArrayLoader, check_batch_size, is_loader
 from aimz_core.engine import pad_rows, split_range, stream
 from aimz_core.exceptions import (
     FitWarning,
@@ -44,7 +46,7 @@ from aimz_core.kernel import (
 )
 from aimz_core.kernel_spec import KernelSpec, coerce_return_sites
 from aimz_core.output import io_backend, resolve_output_dir
-from aimz_core.planning import auto_batch_size
+from aimz_core.planning import auto_batch_size, draw_block_size
 from aimz_core.rng import coerce_key
 from aimz_core.sampling import global_trace
 from aimz_core.sharding import DeviceLayout
@@ -64,6 +66,10 @@ def _not_fitted() -> NotFittedError:
         "This ImpactModel instance is not fitted yet. Call `.fit()`, `.fit_on_batch()` "
         "or `.set_posterior_sample()` before using this method."
     )
+
+
+def _first_draw(post: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v[0] for k, v in post.items()}
 
 
 def _as_jax_tree(values: Mapping[str, Any] | None, name: str) -> dict[str, jax.Array]:
@@ -167,10 +173,8 @@ class ImpactModel:
         self._init_runtime()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(AttributeError, OSError, TypeError):
             self.cleanup()
-        except (AttributeError, OSError, TypeError):
-            pass
 
     # --------------------------------------------------------------- properties
     @property
@@ -522,9 +526,7 @@ class ImpactModel:
         self._require_svi("fit")
         check_batch_size(num_samples, "num_samples")
         check_batch_size(epochs, "epochs")
-        key = self._next_key(rng_key)
-        train_key, sample_key = random.split(key)
-        if isinstance(X, ArrayLoader) or (not is_array_like(X) and isinstance(X, Iterable)):
+        if is_loader(X):
             if y is not None:
                 raise TypeError("`y` must be `None` when `X` is already a data loader.")
             reject_reserved(kwargs, self._param_input, self._param_output)
@@ -535,6 +537,8 @@ class ImpactModel:
                 )
             loader: Iterable[Mapping[str, Any]] = X
             extras = dict(kwargs)
+            key = self._next_key(rng_key)
+            train_key, sample_key = random.split(key)
         else:
             if batch_size is not None:
                 check_batch_size(batch_size)
@@ -545,6 +549,9 @@ class ImpactModel:
                 )
             bound = self._bind(X, y, kwargs)
             n = check_aligned(bound.arrays, self._param_input)
+            # The key is drawn only once every input check has passed.
+            key = self._next_key(rng_key)
+            train_key, sample_key = random.split(key)
             loader = ArrayLoader(
                 ArrayDataset(**bound.arrays),
                 train_key,
@@ -748,9 +755,7 @@ class ImpactModel:
             num_draws=num_draws,
             sharded=False,
         )
-        entry = self._functions.get(
-            self._kernel, config, bound.extras, self._param_output, self._layout
-        )
+        entry = self._blocked(config, bound.extras, (key, _first_draw(post), arrays, interv, cond))
         out = entry.fn(post, (key, jnp.arange(num_draws)), arrays, interv, cond)
         host = {k: np.asarray(v) for k, v in jax.device_get(out).items()}
         return host, {k: self._dim_names(k, v.ndim - 1, entry.dims) for k, v in host.items()}
@@ -807,6 +812,8 @@ class ImpactModel:
             >>> # model.predict_on_batch(X, return_datatree=False)["y"].shape
         """
         self._check_fitted()
+        if return_datatree:
+            io_backend()  # fail before any work when aimz-io is missing
         out, dims = self._run_on_batch(
             "predict",
             X,
@@ -865,6 +872,8 @@ class ImpactModel:
             >>> # model.sample_prior_predictive_on_batch(X, num_samples=200)
         """
         check_batch_size(num_samples, "num_samples")
+        if return_datatree:
+            io_backend()  # fail before any work when aimz-io is missing
         out, dims = self._run_on_batch(
             "prior",
             X,
@@ -892,9 +901,7 @@ class ImpactModel:
     ) -> tuple[KernelArgs, int | None]:
         """Turn arrays, an ArrayLoader or an iterable of mappings into arrays."""
         reject_reserved(kwargs, self._param_input, self._param_output)
-        if isinstance(X, ArrayLoader) or (
-            not is_array_like(X) and isinstance(X, Iterable) and not isinstance(X, Mapping)
-        ):
+        if is_loader(X):
             if y is not None:
                 raise TypeError("`y` must be `None` when `X` is already a data loader.")
             if any(is_array_like(v) for v in kwargs.values()):
@@ -965,6 +972,11 @@ class ImpactModel:
             self._check_fitted()
         if shard_axis not in ("obs", "draw"):
             raise ValueError(f"`shard_axis` must be either 'obs' or 'draw', got {shard_axis!r}.")
+        if shard_axis == "draw" and is_loader(X):
+            raise TypeError(
+                "`shard_axis='draw'` needs an array-like input; got a data loader. Pass "
+                "the arrays, or use `shard_axis='obs'`."
+            )
         if batch_size is not None:
             check_batch_size(batch_size)
         if store not in ("persistent", "memory"):
@@ -1002,7 +1014,8 @@ class ImpactModel:
         batch_size = batch_size or loader_batch
         post = self._placed_posterior() if kind != "prior" else {}
         num_draws = self._num_samples if kind != "prior" else int(num_samples or 0)
-        key = self._next_key(rng_key)
+        # `log_likelihood` never consumes the internal key (spec 4.3).
+        key = self._rng_key if kind == "loglik" and rng_key is None else self._next_key(rng_key)
 
         if not post and kind != "prior":
             shard_axis = "obs"
@@ -1051,7 +1064,7 @@ class ImpactModel:
                 batch = {k: pad_rows(v[start:stop], size) for k, v in arrays.items()}
                 if sharded:
                     batch = jax.device_put(batch, self._layout.partitioned)
-                return (post, random.fold_in(key, i), batch, interv, cond)
+                return (post, (key, i), batch, interv, cond)
 
             per_item = num_draws
         else:
@@ -1074,6 +1087,13 @@ class ImpactModel:
             del per_item
         size = min(batch_size, total)
         size = max(ndev, math.ceil(size / ndev) * ndev)
+        probe_args = args_for(size, 0, min(size, total), 0)
+        entry = self._blocked(
+            config,
+            bound.extras,
+            (key, _first_draw(probe_args[0]), probe_args[2], interv, cond),
+            num_draws=num_draws if shard_axis == "obs" else size,
+        )
         shapes = jax.eval_shape(entry.fn, *args_for(size, 0, min(size, total), 0))
         stream_axis = 1 if shard_axis == "obs" else 0
         layouts: dict[str, SiteLayout] = {}
@@ -1124,6 +1144,21 @@ class ImpactModel:
             progress=progress,
             desc=desc,
         )
+
+    def _blocked(
+        self,
+        config: BatchConfig,
+        extras: dict[str, Any],
+        one_args: tuple,
+        num_draws: int | None = None,
+    ):
+        """The batch function for ``config``, vectorising draws in memory-safe blocks."""
+        entry = self._functions.get(self._kernel, config, extras, self._param_output, self._layout)
+        block = draw_block_size(entry.one, one_args, num_draws or config.num_draws)
+        if block is None:
+            return entry
+        blocked = dataclasses.replace(config, draw_block=block)
+        return self._functions.get(self._kernel, blocked, extras, self._param_output, self._layout)
 
     def _global_prior(
         self, bound: KernelArgs, sites: tuple[str, ...], num_draws: int, key: jax.Array

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 #: Output bytes one batch aims for: large enough to amortise dispatch and I/O,
@@ -44,3 +45,52 @@ def auto_batch_size(
     size = min(size, total)
     size = max(num_devices, (size // num_devices) * num_devices)
     return size
+
+
+#: Bytes of intermediate values one vectorised block of draws may allocate.
+TEMP_BYTES_PER_BLOCK = 256 * 2**20
+#: Intermediates assumed alive at once, relative to the largest one.
+LIVE_FACTOR = 4
+
+
+def _largest_value_bytes(jaxpr: Any) -> int:
+    from jax.extend.core import jaxprs_in_params
+
+    largest = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            aval = var.aval
+            shape = getattr(aval, "shape", None)
+            dtype = getattr(aval, "dtype", None)
+            if shape is None or dtype is None:
+                continue
+            try:
+                itemsize = np.dtype(dtype).itemsize
+            except TypeError:  # PRNG key dtypes
+                itemsize = 8
+            largest = max(largest, math.prod(shape) * itemsize)
+        for sub in jaxprs_in_params(eqn.params):
+            largest = max(largest, _largest_value_bytes(sub))
+    return largest
+
+
+def draw_block_size(
+    one_draw: Any, args: tuple, num_draws: int, budget: int = TEMP_BYTES_PER_BLOCK
+) -> int | None:
+    """How many draws to vectorise at once so intermediates stay within ``budget``.
+
+    Traces ``one_draw(*args)`` (a single draw, no compilation), finds its largest
+    intermediate value and returns ``None`` when all draws fit at once, otherwise a
+    block size for ``jax.lax.map(..., batch_size=block)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> f = lambda x: {"y": jnp.tanh(x[:, None] * jnp.ones(1000)).sum(1)}
+        >>> draw_block_size(f, (jnp.ones(10_000),), 1000, budget=2**28)
+        1
+    """
+    closed = jax.make_jaxpr(one_draw)(*args)
+    per_draw = LIVE_FACTOR * _largest_value_bytes(closed.jaxpr)
+    if per_draw * num_draws <= budget:
+        return None
+    return max(1, budget // max(1, per_draw))

@@ -47,6 +47,8 @@ class DeviceLayout:
 def shard_obs(fn: Callable, layout: DeviceLayout) -> Callable:
     """Shard ``fn(post, key, arrays, intervention, condition)`` over observations.
 
+    The sharded function takes ``(key, batch_index)`` in place of ``key``.
+
     Arrays are split along axis 0; the posterior, key and handler data are
     replicated; every device folds its index into the key; outputs are split along
     axis 1 (axis 0 holds draws).
@@ -54,14 +56,15 @@ def shard_obs(fn: Callable, layout: DeviceLayout) -> Callable:
     if layout.mesh is None:
         return fn
 
-    def per_device(post, key, arrays, intervention, condition):
-        key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
+    def per_device(post, key_index, arrays, intervention, condition):
+        key, index = key_index
+        key = jax.random.fold_in(jax.random.fold_in(key, index), jax.lax.axis_index(AXIS))
         return fn(post, key, arrays, intervention, condition)
 
     return jax.shard_map(
         per_device,
         mesh=layout.mesh,
-        in_specs=(P(), P(), P(AXIS), P(), P()),
+        in_specs=(P(), (P(), P()), P(AXIS), P(), P()),
         out_specs=P(None, AXIS),
         check_vma=False,
     )

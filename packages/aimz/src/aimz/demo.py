@@ -1,0 +1,433 @@
+"""The ``aimz demo`` job: a synthetic marketing campaign, end to end.
+
+The data are **generated** (no download): :func:`make_marketing_data` simulates
+customers of an online shop. Each has three standardized features
+(``past_spend``, ``tenure``, ``engagement``); more engaged, higher-spending
+customers were more likely to receive a marketing campaign (``t = 1``), so the
+treatment is confounded by the features. Revenue over the next month is linear::
+
+    P(t = 1)  = sigmoid(-0.3 + 0.4 * past_spend + 0.9 * engagement)
+    y         = 1.0 + 0.5 * past_spend + 0.3 * tenure + 0.8 * engagement
+                + 0.6 * t + Normal(0, 0.5)
+
+so the true effect of the campaign is ``+0.6`` revenue units per customer who gets
+it. The kernel :func:`marketing_model` models both the treatment assignment and the
+revenue, and the demo asks "what if every customer had received the campaign?" with
+a real ``numpyro.handlers.do`` intervention on the ``treatment`` site
+(``intervention={"treatment": 1.0}``) against the baseline in which ``t`` is what
+was observed. The expected average effect is ``0.6 * share of untreated customers``.
+
+:func:`run_demo` fits the model with SVI, streams both scenarios to Zarr, estimates
+and summarizes the effect, plots it with ArviZ and logs the run and the model to a
+local MLflow store; every artifact goes under one folder.
+
+Example:
+    >>> data = make_marketing_data(n_rows=10, seed=0)
+    >>> data["X"].shape, data["t"].shape, data["y"].shape
+    ((10, 3), (10,), (10,))
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Names of the columns of ``X``, in order.
+FEATURES = ("past_spend", "tenure", "engagement")
+#: Parameters the data are simulated with (see the module docstring).
+TRUE_PARAMS: dict[str, Any] = {
+    "propensity_intercept": -0.3,
+    "propensity_coef": (0.4, 0.0, 0.9),
+    "intercept": 1.0,
+    "beta": (0.5, 0.3, 0.8),
+    "tau": 0.6,
+    "sigma": 0.5,
+}
+#: Defaults of the demo run.
+N_ROWS = 2_000
+N_SCORING_ROWS = 500
+NUM_STEPS = 400
+NUM_SAMPLES = 500
+LEARNING_RATE = 0.05
+BATCH_SIZE = 500
+EXPERIMENT = "aimz-demo"
+
+
+def make_marketing_data(n_rows: int = N_ROWS, seed: int = 0) -> dict[str, np.ndarray]:
+    """Simulate the campaign data set described in the module docstring.
+
+    Args:
+        n_rows: Number of customers.
+        seed: Seed of the NumPy generator; the same seed gives the same data.
+
+    Returns:
+        ``{"X": (n_rows, 3) float32, "t": (n_rows,) float32 in {0, 1},
+        "y": (n_rows,) float32}``.
+
+    Example:
+        >>> d = make_marketing_data(5, seed=1)
+        >>> sorted(d), d["X"].dtype.name
+        (['X', 't', 'y'], 'float32')
+    """
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_rows, len(FEATURES)))
+    p = TRUE_PARAMS
+    logits = p["propensity_intercept"] + X @ np.asarray(p["propensity_coef"])
+    t = rng.binomial(1, 1.0 / (1.0 + np.exp(-logits)))
+    mu = p["intercept"] + X @ np.asarray(p["beta"]) + p["tau"] * t
+    y = mu + rng.normal(scale=p["sigma"], size=n_rows)
+    return {
+        "X": X.astype(np.float32),
+        "t": t.astype(np.float32),
+        "y": y.astype(np.float32),
+    }
+
+
+def marketing_model(X: Any, t: Any = None, y: Any = None) -> None:
+    """NumPyro kernel: who gets the campaign (``treatment``) and what they spend (``y``).
+
+    Args:
+        X: Customer features, shape ``(n, k)``.
+        t: Observed treatment (0/1) per customer; when ``None`` it is drawn from the
+            fitted propensity model.
+        y: Observed revenue per customer; ``None`` when predicting.
+
+    Example:
+        >>> import jax, numpyro
+        >>> d = make_marketing_data(4)
+        >>> with numpyro.handlers.seed(rng_seed=0):
+        ...     marketing_model(d["X"], d["t"])
+    """
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+
+    n, k = X.shape
+    a0 = numpyro.sample("propensity_intercept", dist.Normal(0.0, 1.0))
+    a = numpyro.sample("propensity_coef", dist.Normal(0.0, 1.0).expand([k]).to_event(1))
+    b0 = numpyro.sample("intercept", dist.Normal(0.0, 2.0))
+    beta = numpyro.sample("beta", dist.Normal(0.0, 1.0).expand([k]).to_event(1))
+    tau = numpyro.sample("tau", dist.Normal(0.0, 1.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    with numpyro.plate("customer", n):
+        treatment = numpyro.sample("treatment", dist.Bernoulli(logits=a0 + X @ a), obs=t)
+        mu = b0 + jnp.dot(X, beta) + tau * treatment
+        numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+
+@dataclass
+class DemoResult:
+    """Where everything the demo wrote lives, plus its headline numbers.
+
+    Attributes:
+        out_dir: The demo folder; every other path is inside it.
+        data_csv: The generated training data (features, ``t``, ``y``).
+        scoring_npy: New customers' features, for ``aimz predict``.
+        scoring_npz: The same, with their planned treatment ``t``.
+        baseline_zarr: Zarr store of the baseline posterior predictive draws.
+        intervention_zarr: Zarr store of the ``do(treatment=1)`` draws.
+        summary_csv: The effect summary table.
+        plot_png: The effect distribution plot.
+        tracking_uri: MLflow tracking URI (SQLite file in ``out_dir``).
+        artifact_root: MLflow artifact location of the experiment.
+        run_id: MLflow run id.
+        model_uri: URI of the logged model (``runs:/<run_id>/model``).
+        summary: The summary table as text.
+        stats: Headline numbers (effect mean, sd, HDI, ...).
+        seconds: Wall time of the run.
+    """
+
+    out_dir: Path
+    data_csv: Path
+    scoring_npy: Path
+    scoring_npz: Path
+    baseline_zarr: Path
+    intervention_zarr: Path
+    summary_csv: Path
+    plot_png: Path
+    tracking_uri: str
+    artifact_root: str
+    run_id: str
+    model_uri: str
+    summary: str
+    stats: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class _Background:
+    """Run ``fn`` in a daemon thread; :meth:`result` re-runs it inline on failure.
+
+    Used to overlap the slow MLflow import and SQLite schema creation with the fit.
+    """
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._fn = fn
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as err:  # re-raised (or retried) in the caller's thread
+            self._error = err
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            return self._fn()
+        return self._value
+
+
+def _prepare_mlflow(tracking_uri: str, artifact_root: str) -> str:
+    """Import MLflow, create the SQLite store and the experiment; return its id."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(EXPERIMENT, artifact_location=artifact_root)
+
+
+def plot_effect(average_effect: np.ndarray, path: Path, *, num_chains: int = 1) -> str:
+    """Write the distribution of the per-draw average effect to a PNG.
+
+    Uses ArviZ 1.x (``arviz_plots.plot_dist``); falls back to a Matplotlib
+    histogram when ArviZ is not installed (Python 3.11).
+
+    Args:
+        average_effect: One value per draw (flattened over chains).
+        path: Where to write the PNG.
+        num_chains: Chains the draws are made of.
+
+    Returns:
+        ``"arviz"`` or ``"matplotlib"``: which one drew the plot.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "e.png"
+        >>> plot_effect(np.random.default_rng(0).normal(size=200), out) in ("arviz", "matplotlib")
+        True
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.asarray(average_effect, dtype=float).reshape(num_chains, -1)
+    try:
+        import arviz_plots
+        import xarray as xr
+    except ImportError:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.hist(values.ravel(), bins=40, color="C0")
+        ax.set_xlabel("average effect on revenue per customer")
+        ax.set_title("Effect of do(treatment=1)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return "matplotlib"
+    tree = xr.DataTree.from_dict(
+        {"posterior": xr.Dataset({"average_effect": (("chain", "draw"), values)})}
+    )
+    pc = arviz_plots.plot_dist(tree, var_names=["average_effect"], backend="matplotlib")
+    pc.savefig(str(path), dpi=100)
+    plt.close("all")
+    return "arviz"
+
+
+def run_demo(
+    out_dir: str | Path = "aimz-demo",
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> DemoResult:
+    """Run the whole workflow and write every artifact under ``out_dir``.
+
+    Steps: generate data, fit :func:`marketing_model` with SVI, stream the baseline
+    and the ``do(treatment=1)`` scenario to Zarr, estimate and summarize the effect,
+    plot it, and log params, metrics, plot and model to MLflow (SQLite).
+
+    Args:
+        out_dir: The demo folder (created if missing; reruns add new outputs).
+        seed: Seed of the data and of the model's JAX key.
+        progress: Show progress bars.
+        echo: Where the step messages go.
+
+    Returns:
+        A :class:`DemoResult` with every path.
+
+    Example:
+        >>> # result = run_demo("aimz-demo", seed=0); result.model_uri
+    """
+    start = time.perf_counter()
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {str(out)!r} exists and is not a directory.")
+    out.mkdir(parents=True, exist_ok=True)
+    tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
+    artifact_root = (out / "mlartifacts").as_uri()
+    mlflow_ready = _Background(lambda: _prepare_mlflow(tracking_uri, artifact_root))
+
+    from tqdm.auto import tqdm
+
+    steps = tqdm(total=6, desc="aimz demo", unit="step", disable=not progress, file=sys.stderr)
+
+    def step(message: str) -> None:
+        steps.set_postfix_str(message)
+        if not progress:
+            echo(f"- {message}")
+
+    # 1. data -----------------------------------------------------------------
+    step("generating data")
+    data = make_marketing_data(N_ROWS, seed=seed)
+    scoring = make_marketing_data(N_SCORING_ROWS, seed=seed + 1)
+    data_csv = out / "data.csv"
+    header = ",".join([*FEATURES, "t", "y"])
+    table = np.column_stack([data["X"], data["t"], data["y"]])
+    np.savetxt(data_csv, table, delimiter=",", header=header, comments="", fmt="%.6g")
+    scoring_npy = out / "x.npy"
+    np.save(scoring_npy, scoring["X"])
+    scoring_npz = out / "inputs.npz"
+    np.savez(scoring_npz, X=scoring["X"], t=scoring["t"])
+    steps.update()
+
+    # 2. fit ------------------------------------------------------------------
+    step("fitting with SVI")
+    import jax
+    import numpyro
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoNormal
+
+    from aimz import ImpactModel
+
+    svi = SVI(
+        marketing_model,
+        AutoNormal(marketing_model),
+        numpyro.optim.Adam(LEARNING_RATE),
+        Trace_ELBO(),
+    )
+    model = ImpactModel(marketing_model, rng_key=jax.random.key(seed), inference=svi)
+    model.fit_on_batch(
+        data["X"],
+        data["y"],
+        t=data["t"],
+        num_steps=NUM_STEPS,
+        num_samples=NUM_SAMPLES,
+        progress=progress,
+    )
+    steps.update()
+
+    # 3. scenarios --------------------------------------------------------------
+    step("streaming scenarios to Zarr")
+    outputs = out / "outputs"
+    key = jax.random.key(seed + 1)  # one key for both scenarios: paired draws
+    common = {
+        "t": data["t"],
+        "rng_key": key,
+        "batch_size": BATCH_SIZE,
+        "output_dir": outputs,
+        "progress": progress,
+    }
+    baseline = model.predict(data["X"], **common)
+    intervention = model.predict(data["X"], intervention={"treatment": 1.0}, **common)
+    steps.update()
+
+    # 4. effect -----------------------------------------------------------------
+    step("estimating the effect")
+    from aimz_io.backend import format_summary, summarize_effect
+
+    effect = model.estimate_effect(output_baseline=baseline, output_intervention=intervention)
+    summary_table = summarize_effect(effect, hdi_prob=0.94)
+    summary = format_summary(summary_table)
+    summary_csv = out / "effect_summary.csv"
+    summary_table.to_csv(summary_csv, index=False)
+    y_effect = effect["posterior_predictive"]["y"]
+    sample_dims = [d for d in y_effect.dims if d not in ("chain", "draw")]
+    average = np.asarray(y_effect.mean(dim=sample_dims).values).reshape(-1)
+    row = summary_table.iloc[0]
+    stats = {
+        "effect_mean": float(row["mean"]),
+        "effect_sd": float(row["sd"]),
+        "effect_hdi_low": float(row["hdi_low"]),
+        "effect_hdi_high": float(row["hdi_high"]),
+        "effect_prob_positive": float(row["prob_positive"]),
+        "tau_mean": float(np.mean(model.posterior["tau"])),
+        "final_elbo_loss": float(model.vi_result.losses[-1]),
+        "share_untreated": float(1.0 - data["t"].mean()),
+    }
+    steps.update()
+
+    # 5. plot -------------------------------------------------------------------
+    step("plotting the effect")
+    plot_png = out / "effect.png"
+    plot_effect(average, plot_png, num_chains=int(effect.attrs.get("num_chains", 1)))
+    steps.update()
+
+    # 6. MLflow -----------------------------------------------------------------
+    step("logging to MLflow")
+    experiment_id = mlflow_ready.result()
+    import mlflow
+
+    from aimz.mlflow import log_model
+
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="aimz-demo") as run:
+        mlflow.log_params(
+            {
+                "seed": seed,
+                "n_rows": N_ROWS,
+                "num_steps": NUM_STEPS,
+                "num_samples": NUM_SAMPLES,
+                "learning_rate": LEARNING_RATE,
+                "batch_size": BATCH_SIZE,
+                "kernel": "aimz.demo.marketing_model",
+                "intervention": "do(treatment=1)",
+                "true_tau": TRUE_PARAMS["tau"],
+            }
+        )
+        mlflow.log_metrics(stats)
+        mlflow.log_artifact(str(plot_png))
+        mlflow.log_artifact(str(summary_csv))
+        log_model(model, name="model")
+        run_id = run.info.run_id
+    steps.update()
+    steps.close()
+    return DemoResult(
+        out_dir=out,
+        data_csv=data_csv,
+        scoring_npy=scoring_npy,
+        scoring_npz=scoring_npz,
+        baseline_zarr=Path(baseline.attrs["artifact_path"]),
+        intervention_zarr=Path(intervention.attrs["artifact_path"]),
+        summary_csv=summary_csv,
+        plot_png=plot_png,
+        tracking_uri=tracking_uri,
+        artifact_root=artifact_root,
+        run_id=run_id,
+        model_uri=f"runs:/{run_id}/model",
+        summary=summary,
+        stats=stats,
+        seconds=time.perf_counter() - start,
+    )
+
+
+__all__ = [
+    "FEATURES",
+    "TRUE_PARAMS",
+    "DemoResult",
+    "make_marketing_data",
+    "marketing_model",
+    "plot_effect",
+    "run_demo",
+]

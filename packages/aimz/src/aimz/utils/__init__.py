@@ -1,0 +1,1 @@
+"""Utilities of aimz; see :mod:`aimz.utils.data`."""
