@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -30,6 +29,7 @@ from aimz_core.arguments import (
     reject_reserved,
 )
 from aimz_core.batched import BatchConfig, FunctionCache
+from aimz_core.compilation_cache import ensure_compilation_cache
 from aimz_core.data import ArrayDataset, ArrayLoader, check_batch_size, is_loader
 from aimz_core.engine import pad_rows, split_range, stream
 from aimz_core.exceptions import (
@@ -151,6 +151,7 @@ class ImpactModel:
 
     # ------------------------------------------------------------------ runtime
     def _init_runtime(self) -> None:
+        ensure_compilation_cache()
         self._layout = DeviceLayout.local()
         self._functions = FunctionCache()
         self._fn_vi_update: dict[tuple[str, ...], Callable] = {}
@@ -173,8 +174,12 @@ class ImpactModel:
         self._init_runtime()
 
     def __del__(self) -> None:
-        with contextlib.suppress(AttributeError, OSError, TypeError):
+        # No `contextlib.suppress` here: at interpreter exit module globals may
+        # already be None, and `__del__` must stay silent.
+        try:  # noqa: SIM105
             self.cleanup()
+        except (AttributeError, OSError, TypeError):
+            pass
 
     # --------------------------------------------------------------- properties
     @property
