@@ -1,0 +1,26 @@
+"""aimz io: xarray DataTree outputs and Zarr v3 streaming for aimz models.
+
+The functions the core calls live in :mod:`aimz_io.backend`.
+"""
+
+from aimz_io.backend import (
+    effect_tree,
+    format_summary,
+    make_sink,
+    open_tree,
+    summarize_effect,
+    tree_from_arrays,
+)
+from aimz_io.provenance import aimz_version
+
+__version__ = aimz_version()
+
+__all__ = [
+    "__version__",
+    "effect_tree",
+    "format_summary",
+    "make_sink",
+    "open_tree",
+    "summarize_effect",
+    "tree_from_arrays",
+]

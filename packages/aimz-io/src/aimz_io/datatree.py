@@ -1,0 +1,252 @@
+"""Build aimz output trees: one ``xr.Dataset`` per group under a root named ``root``.
+
+Every variable has dims ``("chain", "draw", *site_dims)`` and integer ``np.arange``
+coordinates on every dim. Arrays arrive with a flattened leading draw axis of size
+``chain * draw`` and are split into ``(chain, draw)`` here. Variables are sorted by
+name, whatever store produced them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from aimz_core.exceptions import OutputWarning
+
+from aimz_io.provenance import base_attrs
+
+CHAIN, DRAW = "chain", "draw"
+RESERVED_DIMS = (CHAIN, DRAW)
+
+
+def storage_dtype(dtype: Any) -> np.dtype:
+    """The dtype an output is stored with: ``bfloat16`` becomes ``float32``.
+
+    Example:
+        >>> storage_dtype("int32")
+        dtype('int32')
+    """
+    dtype = np.dtype(dtype)
+    return np.dtype("float32") if dtype.name == "bfloat16" else dtype
+
+
+def as_host_array(value: Any) -> np.ndarray:
+    """Convert a JAX / NumPy value to a NumPy array in its storage dtype.
+
+    Example:
+        >>> as_host_array([1.0, 2.0]).dtype
+        dtype('float64')
+    """
+    array = np.asarray(value)
+    return array.astype(storage_dtype(array.dtype), copy=False)
+
+
+def default_dims(site: str, ndim: int) -> tuple[str, ...]:
+    """Fallback dim names ``<site>_dim_<i>`` for the axes after the draw axis.
+
+    Example:
+        >>> default_dims("y", 2)
+        ('y_dim_0', 'y_dim_1')
+    """
+    return tuple(f"{site}_dim_{i}" for i in range(ndim))
+
+
+def resolve_dims(
+    shapes: Mapping[str, Sequence[int]],
+    dims: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, tuple[str, ...]]:
+    """Choose dim names for the sites of one group.
+
+    A site uses its requested dims when there is one name per axis, the names are
+    unique, avoid ``chain``/``draw`` and agree in size with the dims already taken by
+    earlier sites. Otherwise it falls back to ``<site>_dim_<i>`` with an
+    :class:`~aimz_core.exceptions.OutputWarning`. Sites without requested dims
+    fall back silently.
+
+    Args:
+        shapes: Site name to the shape *after* the draw axis.
+        dims: Requested dim names per site.
+
+    Returns:
+        Site name to dim names, in the order of ``shapes``.
+
+    Example:
+        >>> resolve_dims({"y": (3,), "w": (2,)}, {"y": ("obs",)})
+        {'y': ('obs',), 'w': ('w_dim_0',)}
+    """
+    dims = dims or {}
+    sizes: dict[str, int] = {}
+    resolved: dict[str, tuple[str, ...]] = {}
+    for site, shape in shapes.items():
+        shape = tuple(shape)
+        fallback = default_dims(site, len(shape))
+        wanted = dims.get(site)
+        candidate = tuple(wanted) if wanted is not None else fallback
+        problem = _dims_problem(candidate, shape, sizes)
+        if problem and wanted is not None:
+            warnings.warn(
+                f"Site {site!r}: dims {candidate} cannot be used ({problem}); "
+                f"using {fallback} instead.",
+                OutputWarning,
+                stacklevel=2,
+            )
+            candidate = fallback
+            problem = _dims_problem(candidate, shape, sizes)
+        if problem:
+            raise ValueError(f"Site {site!r}: fallback dims {candidate} clash ({problem}).")
+        sizes.update(zip(candidate, shape, strict=True))
+        resolved[site] = candidate
+    return resolved
+
+
+def _dims_problem(
+    names: tuple[str, ...], shape: tuple[int, ...], sizes: Mapping[str, int]
+) -> str | None:
+    if len(names) != len(shape):
+        return f"{len(names)} names for {len(shape)} axes"
+    if len(set(names)) != len(names):
+        return "repeated names"
+    if reserved := set(names) & set(RESERVED_DIMS):
+        return f"reserved name {sorted(reserved)[0]!r}"
+    for name, size in zip(names, shape, strict=True):
+        if sizes.get(name, size) != size:
+            return f"dim {name!r} has size {sizes[name]} in another site, {size} here"
+    return None
+
+
+def split_chains(array: np.ndarray, num_chains: int) -> np.ndarray:
+    """Reshape a flattened draw axis ``(chain * draw, ...)`` to ``(chain, draw, ...)``.
+
+    Example:
+        >>> split_chains(np.zeros((6, 2)), 2).shape
+        (2, 3, 2)
+    """
+    total = array.shape[0]
+    check_num_chains(total, num_chains)
+    return array.reshape(num_chains, total // num_chains, *array.shape[1:])
+
+
+def check_num_chains(total_draws: int, num_chains: int) -> None:
+    """Raise ``ValueError`` unless ``num_chains`` splits ``total_draws`` evenly.
+
+    Example:
+        >>> check_num_chains(6, 3)
+    """
+    if (
+        isinstance(num_chains, bool)
+        or not isinstance(num_chains, (int, np.integer))
+        or num_chains < 1
+        or total_draws % num_chains
+    ):
+        raise ValueError(
+            f"`num_chains` must be a positive integer dividing the number of draws "
+            f"({total_draws}), got {num_chains!r}."
+        )
+
+
+def make_dataset(
+    arrays: Mapping[str, Any],
+    dims: Mapping[str, Sequence[str]],
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Wrap ``(chain, draw, ...)`` arrays into a Dataset with ``arange`` coords.
+
+    Args:
+        arrays: Site name to an array-like already shaped ``(chain, draw, ...)``
+            (NumPy, Dask or a lazily indexed xarray backend array).
+        dims: Site name to the dims after ``chain``/``draw``.
+        attrs: Dataset attributes.
+
+    Returns:
+        The Dataset, variables sorted by name.
+
+    Example:
+        >>> ds = make_dataset({"y": np.zeros((1, 4, 3))}, {"y": ("obs",)})
+        >>> dict(ds.sizes)
+        {'chain': 1, 'draw': 4, 'obs': 3}
+    """
+    variables = {}
+    sizes: dict[str, int] = {}
+    for site in sorted(arrays):
+        names = (CHAIN, DRAW, *dims[site])
+        variables[site] = xr.Variable(names, arrays[site])
+        sizes.update(zip(names, variables[site].shape, strict=True))
+    coords = {name: np.arange(size) for name, size in sizes.items()}
+    return xr.Dataset(variables, coords=coords, attrs=dict(attrs or {}))
+
+
+def dataset_from_arrays(
+    arrays: Mapping[str, Any],
+    *,
+    num_chains: int,
+    dims: Mapping[str, Sequence[str]] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Dataset from host arrays with a flattened leading draw axis.
+
+    Example:
+        >>> ds = dataset_from_arrays({"w": np.zeros((4, 2))}, num_chains=2)
+        >>> ds["w"].dims
+        ('chain', 'draw', 'w_dim_0')
+    """
+    host = {site: as_host_array(value) for site, value in arrays.items()}
+    for site, value in host.items():
+        if value.ndim == 0:
+            raise ValueError(f"Site {site!r} has no draw axis (a 0-d value).")
+    resolved = resolve_dims({site: v.shape[1:] for site, v in host.items()}, dims)
+    split = {site: split_chains(value, num_chains) for site, value in host.items()}
+    return make_dataset(split, resolved, attrs)
+
+
+def assemble_tree(groups: Mapping[str, xr.Dataset], attrs: Mapping[str, Any]) -> xr.DataTree:
+    """Root node ``"root"`` carrying ``attrs`` with one child per group, in order.
+
+    Example:
+        >>> tree = assemble_tree({"posterior": xr.Dataset()}, {"num_chains": 1})
+        >>> tree.name, list(tree.children)
+        ('root', ['posterior'])
+    """
+    nodes: dict[str, Any] = {"/": xr.Dataset(attrs=dict(attrs))}
+    for name, dataset in groups.items():
+        nodes[f"/{name}"] = dataset
+    return xr.DataTree.from_dict(nodes, name="root")
+
+
+def tree_from_arrays(
+    groups: Mapping[str, Mapping[str, Any]],
+    *,
+    num_chains: int = 1,
+    dims: Mapping[str, Sequence[str]] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.DataTree:
+    """Build an in-memory output tree from host arrays (the on-batch results).
+
+    Args:
+        groups: Group name to ``{site: array}``; every array has a flattened
+            leading draw axis of size ``chain * draw``. Groups keep this order.
+        num_chains: Number of chains the draw axis splits into.
+        dims: Dim names (after the draw axis) per site name, for any group.
+        attrs: Extra attributes for the root and every group.
+
+    Returns:
+        A DataTree named ``"root"``; root and groups carry ``created_at``,
+        ``aimz_version`` and ``num_chains`` (plus ``attrs``).
+
+    Example:
+        >>> import numpy as np
+        >>> tree = tree_from_arrays(
+        ...     {"posterior": {"w": np.zeros((4, 2))},
+        ...      "posterior_predictive": {"y": np.zeros((4, 3))}},
+        ...     num_chains=2, dims={"y": ("obs",)})
+        >>> dict(tree["posterior_predictive"].sizes)
+        {'chain': 2, 'draw': 2, 'obs': 3}
+    """
+    common = {**dict(attrs or {}), **base_attrs(num_chains)}
+    datasets = {
+        name: dataset_from_arrays(arrays, num_chains=num_chains, dims=dims, attrs=common)
+        for name, arrays in groups.items()
+    }
+    return assemble_tree(datasets, common)

@@ -1,0 +1,216 @@
+"""The persistent sink: stream blocks into one Zarr v3 group per call.
+
+``open`` creates the per-call directory and preallocates one array per site,
+chunked along the stream axis by the batch length (full extent elsewhere). Each
+``write`` hands its block to a :class:`~aimz_io.writer_pool.WriterPool` and returns:
+compression and file IO run on background threads while the caller computes the
+next batch. Blocks are chunk-aligned, so writers never touch the same chunk and
+need no locks. ``commit`` waits for the writers, records the group attributes
+(``aimz_complete`` last) and returns the lazy tree read back from disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from aimz_core.sinks import Sink, SiteLayout, StreamInfo
+from zarr.codecs import BloscCodec
+
+from aimz_io.artifact import COMPLETE_ATTR, create_call_dir, read_artifact
+from aimz_io.datatree import DRAW, resolve_dims, storage_dtype
+from aimz_io.provenance import base_attrs
+from aimz_io.regions import block_region, stream_chunk
+from aimz_io.writer_pool import WriterPool
+
+#: Blocks in flight per site (queued or being written) before ``write`` waits.
+BLOCKS_IN_FLIGHT = 2
+#: Upper bound on writer threads.
+MAX_WRITERS = 4
+
+
+def choose_compressors(dtype: np.dtype) -> tuple[BloscCodec, ...]:
+    """Compressor for a stored array: Blosc LZ4 with bit shuffling.
+
+    Measured on 200 x 200k draws (2 writer threads): float32 draws shrink 1.26x
+    at about the speed of no compression (Blosc Zstd level 1 gives the same ratio
+    at half the speed); integer counts shrink ~7.7x. LZ4 keeps writing off the
+    critical path while still saving space.
+
+    Example:
+        >>> choose_compressors(np.dtype("float32"))[0].to_dict()["configuration"]["cname"]
+        'lz4'
+    """
+    del dtype  # one cheap codec fits floats and integers alike
+    return (BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),)
+
+
+def fill_value(dtype: np.dtype) -> Any:
+    """NaN for floats (unwritten data never passes for zeros), else 0.
+
+    Example:
+        >>> fill_value(np.dtype("float32"))
+        nan
+    """
+    return float("nan") if np.issubdtype(dtype, np.floating) else 0
+
+
+class ZarrSink(Sink):
+    """Writes the blocks of one streamed call to ``<base_dir>/<timestamp>_<caller>/``.
+
+    Once ``write`` or ``commit`` raises, the sink has aborted: the per-call
+    directory is gone. ``abort`` is idempotent, safe before ``open``, and a no-op
+    after a successful ``commit`` (the artifact then belongs to the caller).
+
+    Args:
+        base_dir: Directory that holds the per-call directories.
+        num_writers: Writer threads; default ``min(cpu_count, 4)``.
+
+    Example:
+        >>> import tempfile
+        >>> from aimz_core.sinks import SiteLayout, StreamInfo
+        >>> layout = SiteLayout("y", (4, 3), np.dtype("float32"), 1, 2, ("obs",))
+        >>> sink = ZarrSink(Path(tempfile.mkdtemp()))
+        >>> sink.open(StreamInfo("predictions", "predict", 1, {"y": layout}))
+        >>> sink.write("y", 2, np.ones((4, 1), "float32"))
+        >>> sink.write("y", 0, np.zeros((4, 2), "float32"))
+        >>> tree = sink.commit()
+        >>> float(tree["predictions"]["y"].sum())
+        4.0
+    """
+
+    def __init__(self, base_dir: Path, *, num_writers: int | None = None) -> None:
+        self.base_dir = Path(base_dir)
+        self.path: Path | None = None
+        self._num_writers = num_writers or min(os.cpu_count() or 1, MAX_WRITERS)
+        self._info: StreamInfo | None = None
+        self._arrays: dict[str, Any] = {}
+        self._written: dict[str, int] = {}
+        self._pool: WriterPool | None = None
+        self._state = "new"
+
+    def open(self, info: StreamInfo) -> None:
+        """Create the per-call directory and preallocate every site's array."""
+        if self._state != "new":
+            raise RuntimeError(f"ZarrSink.open() called on a sink that is {self._state}.")
+        self._state = "open"
+        self._info = info
+        try:
+            dims = resolve_dims(
+                {name: layout.shape[1:] for name, layout in info.sites.items()},
+                {name: layout.dims for name, layout in info.sites.items()},
+            )
+            self.path = create_call_dir(self.base_dir, info.caller)
+            group = zarr.open_group(zarr.storage.LocalStore(self.path), mode="w", zarr_format=3)
+            for name, layout in info.sites.items():
+                self._arrays[name] = _create_array(group, layout, dims[name])
+                self._written[name] = 0
+            self._pool = WriterPool(
+                num_threads=self._num_writers,
+                max_bytes=BLOCKS_IN_FLIGHT * sum(map(_block_bytes, info.sites.values())),
+            )
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, site: str, start: int, block: np.ndarray) -> None:
+        """Queue ``block`` for writing at ``start``; returns before it is written.
+
+        Raises:
+            ValueError: unknown site, or a block of the wrong shape / misaligned.
+            BaseException: the first error of a background write.
+        """
+        try:
+            self._require_open("write")
+            if site not in self._arrays:
+                raise ValueError(f"Unknown site {site!r}; expected one of {list(self._arrays)}.")
+            layout = self._info.sites[site]
+            region, values = block_region(layout, start, block, aligned=True)
+            array = self._arrays[site]
+
+            def job() -> None:
+                array[region] = values
+
+            self._pool.submit(job, values.nbytes)
+            self._written[site] += values.shape[layout.stream_axis]
+        except BaseException:
+            self.abort()
+            raise
+
+    def commit(self) -> xr.DataTree:
+        """Wait for the writers, mark the store complete and read it back lazily."""
+        try:
+            self._require_open("commit")
+            self._pool.join()
+            self._pool.close()
+            self._check_complete()
+            group = zarr.open_group(zarr.storage.LocalStore(self.path), mode="r+")
+            info = self._info
+            group.attrs.update(
+                {
+                    **info.attrs,
+                    **base_attrs(info.num_chains),
+                    "group": info.group,
+                    "caller": info.caller,
+                }
+            )
+            group.attrs.update({COMPLETE_ATTR: True})
+            tree = read_artifact(
+                self.path, posterior=info.posterior, posterior_dims=info.posterior_dims
+            )
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "committed"
+        return tree
+
+    def abort(self) -> None:
+        """Stop the writers and delete the per-call directory. Idempotent."""
+        if self._state == "committed":
+            return
+        self._state = "aborted"
+        if self._pool is not None:
+            self._pool.close()
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+        self._arrays = {}
+
+    def _require_open(self, method: str) -> None:
+        if self._state != "open":
+            raise RuntimeError(f"ZarrSink.{method}() called on a sink that is {self._state}.")
+
+    def _check_complete(self) -> None:
+        for name, layout in self._info.sites.items():
+            size = layout.shape[layout.stream_axis]
+            if self._written[name] != size:
+                raise RuntimeError(
+                    f"Site {name!r} received {self._written[name]} of {size} entries "
+                    f"along axis {layout.stream_axis}; the output would be incomplete."
+                )
+
+
+def _block_bytes(layout: SiteLayout) -> int:
+    shape = list(layout.shape)
+    shape[layout.stream_axis] = stream_chunk(layout)
+    return int(np.prod(shape)) * storage_dtype(layout.dtype).itemsize
+
+
+def _create_array(group: Any, layout: SiteLayout, dims: tuple[str, ...]) -> Any:
+    dtype = storage_dtype(layout.dtype)
+    chunks = [max(1, size) for size in layout.shape]
+    chunks[layout.stream_axis] = stream_chunk(layout)
+    return group.create_array(
+        layout.name,
+        shape=tuple(layout.shape),
+        dtype=dtype,
+        chunks=tuple(chunks),
+        compressors=choose_compressors(dtype),
+        fill_value=fill_value(dtype),
+        dimension_names=(DRAW, *dims),
+        config={"write_empty_chunks": True},
+    )

@@ -1,0 +1,63 @@
+"""Tree layout of on-batch results: groups, dims, coords, attrs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from aimz_core.exceptions import OutputWarning
+from aimz_io.backend import tree_from_arrays
+from aimz_io.datatree import resolve_dims
+
+
+def test_tree_from_arrays_layout():
+    w = np.arange(12.0).reshape(4, 3)
+    y = np.arange(40, dtype="float32").reshape(4, 10)
+    tree = tree_from_arrays(
+        {"posterior": {"w": w}, "posterior_predictive": {"y": y, "mu": y * 2}},
+        num_chains=2,
+        dims={"y": ("obs",), "mu": ("obs",)},
+        attrs={"source": "unit"},
+    )
+    assert isinstance(tree, xr.DataTree) and tree.name == "root"
+    assert list(tree.children) == ["posterior", "posterior_predictive"]
+    pp = tree["posterior_predictive"]
+    assert list(pp.data_vars) == ["mu", "y"]  # sorted by name
+    assert pp["y"].dims == ("chain", "draw", "obs")
+    np.testing.assert_array_equal(pp["y"].values, y.reshape(2, 2, 10))
+    assert tree["posterior"]["w"].dims == ("chain", "draw", "w_dim_0")
+    np.testing.assert_array_equal(tree["posterior"]["w_dim_0"].values, np.arange(3))
+    np.testing.assert_array_equal(pp["chain"].values, [0, 1])
+    for node in (tree, tree["posterior"], pp):
+        assert node.attrs["num_chains"] == 2 and node.attrs["source"] == "unit"
+        assert "created_at" in node.attrs and "aimz_version" in node.attrs
+        assert "output_dir" not in node.attrs
+
+
+def test_one_dimensional_sites_and_jax_like_inputs():
+    tree = tree_from_arrays({"posterior": {"sigma": [0.1, 0.2, 0.3]}})
+    assert tree["posterior"]["sigma"].dims == ("chain", "draw")
+    assert tree["posterior"].sizes["draw"] == 3
+
+
+def test_num_chains_must_divide_draws():
+    with pytest.raises(ValueError, match="`num_chains` must be a positive integer"):
+        tree_from_arrays({"posterior": {"w": np.zeros((5, 2))}}, num_chains=2)
+    with pytest.raises(ValueError, match="`num_chains`"):
+        tree_from_arrays({"posterior": {"w": np.zeros((4, 2))}}, num_chains=True)
+
+
+def test_dims_fall_back_on_clashes():
+    with pytest.warns(OutputWarning, match="'obs' has size 3"):
+        dims = resolve_dims({"a": (3,), "b": (4,)}, {"a": ("obs",), "b": ("obs",)})
+    assert dims == {"a": ("obs",), "b": ("b_dim_0",)}
+    with pytest.warns(OutputWarning, match="1 names for 2 axes"):
+        assert resolve_dims({"a": (3, 2)}, {"a": ("obs",)}) == {"a": ("a_dim_0", "a_dim_1")}
+    with pytest.warns(OutputWarning, match="reserved name 'draw'"):
+        resolve_dims({"a": (3,)}, {"a": ("draw",)})
+    with pytest.warns(OutputWarning, match="repeated"):
+        resolve_dims({"a": (3, 3)}, {"a": ("obs", "obs")})
+    assert resolve_dims({"a": (3,), "b": (3,)}, {"a": ("obs",), "b": ("obs",)}) == {
+        "a": ("obs",),
+        "b": ("obs",),
+    }
