@@ -69,7 +69,9 @@ def _not_fitted() -> NotFittedError:
 
 
 def _first_draw(post: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v[0] for k, v in post.items()}
+    # Abstract values: indexing a draw-sharded array on an explicit mesh would need
+    # an out_sharding, and only shapes matter for planning.
+    return {k: jax.ShapeDtypeStruct(np.shape(v)[1:], v.dtype) for k, v in post.items()}
 
 
 def _as_jax_tree(values: Mapping[str, Any] | None, name: str) -> dict[str, jax.Array]:
@@ -636,6 +638,8 @@ class ImpactModel:
             >>> # model.sample(num_samples=100, return_datatree=False)["w"].shape
         """
         check_batch_size(num_samples, "num_samples")
+        if return_datatree:
+            io_backend()  # fail before any work when aimz-io is missing
         if isinstance(self._inference, MCMC):
             mcmc = self._inference
             if mcmc.last_state is None:
@@ -1024,11 +1028,13 @@ class ImpactModel:
 
         if not post and kind != "prior":
             shard_axis = "obs"
-        if (
-            shard_axis == "obs"
-            and kind != "prior"
-            and any(v.ndim >= 2 and v.shape[1] == n_obs for v in post.values())
-        ):
+        obs_post = kind != "prior" and any(
+            v.ndim >= 2 and v.shape[1] == n_obs for v in post.values()
+        )
+        # `condition` values are passed whole to every batch: observation-aligned ones
+        # are only right when the batch is the whole input (or on the draw path).
+        obs_cond = any(v.ndim >= 1 and v.shape[0] == n_obs for v in cond.values())
+        if shard_axis == "obs" and (obs_post or obs_cond):
             fits_whole = self._layout.num_devices == 1 and (
                 (batch_size is not None and batch_size >= n_obs)
                 or (batch_size is None and n_obs * num_draws * 4 < 100_000_000)
@@ -1036,10 +1042,14 @@ class ImpactModel:
             if fits_whole:
                 batch_size = n_obs
             else:
+                what = (
+                    "The posterior has observation-level sites"
+                    if obs_post
+                    else "`condition` has observation-level values"
+                )
                 warnings.warn(
-                    "The posterior has observation-level sites, which are not compatible "
-                    "with `shard_axis='obs'` for this input; rerunning with "
-                    "`shard_axis='draw'`.",
+                    f"{what}, which are not compatible with `shard_axis='obs'` for this "
+                    "input; rerunning with `shard_axis='draw'`.",
                     PerformanceWarning,
                     stacklevel=3,
                 )
@@ -1081,6 +1091,8 @@ class ImpactModel:
             def args_for(size: int, start: int, stop: int, i: int) -> tuple:
                 chunk = {k: pad_rows(v[start:stop], size) for k, v in post.items()}
                 idx = jnp.arange(start, start + size)
+                if sharded:  # shard_map on an explicit mesh needs inputs laid out as P("obs")
+                    chunk, idx = jax.device_put((chunk, idx), self._layout.partitioned)
                 return (chunk, (key, idx), dev_arrays, interv, cond)
 
             per_item = n_obs
@@ -1464,11 +1476,15 @@ class ImpactModel:
                 return {k: np.asarray(intervention[k]) - np.asarray(baseline[k]) for k in baseline}
         else:
             backend = io_backend()
+        in_sample = all(
+            (args or {}).get("in_sample", True) for args in (args_baseline, args_intervention)
+        )
         return backend.effect_tree(
             baseline,
             intervention,
             posterior=self._host_posterior() or None,
             num_chains=self._num_chains,
+            group="posterior_predictive" if in_sample else "predictions",
         )
 
     def _stream_call_from_args(self, caller: str, call: dict[str, Any]) -> Any:

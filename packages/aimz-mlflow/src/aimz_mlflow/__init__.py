@@ -1,0 +1,41 @@
+"""aimz-mlflow: the MLflow flavor of aimz impact models.
+
+Save, log and load a fitted :class:`~aimz_core.ImpactModel` as an MLflow model,
+serve it through pyfunc (``mlflow models serve``) and autolog its fits. The full
+``aimz`` distribution re-exports this module as ``aimz.mlflow``.
+
+Example:
+    >>> import mlflow, aimz_mlflow
+    >>> aimz_mlflow.FLAVOR_NAME
+    'aimz'
+    >>> # with mlflow.start_run():
+    >>> #     info = aimz_mlflow.log_model(model, name="model", input_example={"X": X[:5]})
+    >>> # model = aimz_mlflow.load_model(info.model_uri)
+"""
+
+from aimz_mlflow.autolog import autolog
+from aimz_mlflow.environment import get_default_conda_env, get_default_pip_requirements
+from aimz_mlflow.flavor import (
+    FLAVOR_NAME,
+    SERIALIZATION_FORMAT_CLOUDPICKLE,
+    SUPPORTED_SERIALIZATION_FORMATS,
+    load_model,
+    log_model,
+    save_model,
+)
+from aimz_mlflow.flavor import (
+    _load_pyfunc as _load_pyfunc,
+)
+from aimz_mlflow.pyfunc import _AimzModelWrapper as _AimzModelWrapper
+
+__all__ = [
+    "FLAVOR_NAME",
+    "SERIALIZATION_FORMAT_CLOUDPICKLE",
+    "SUPPORTED_SERIALIZATION_FORMATS",
+    "autolog",
+    "get_default_conda_env",
+    "get_default_pip_requirements",
+    "load_model",
+    "log_model",
+    "save_model",
+]

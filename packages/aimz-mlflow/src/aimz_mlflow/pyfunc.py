@@ -1,0 +1,247 @@
+"""pyfunc side of the flavor: the wrapper MLflow calls and the params it accepts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+# Inference params accepted by ``_AimzModelWrapper.predict`` (and declared in the
+# signature so that ``mlflow models serve`` passes them on). ``None`` means "not
+# given": the model's own default applies.
+PARAM_SPECS: tuple[tuple[str, str, Any, tuple[int, ...] | None], ...] = (
+    ("return_datatree", "boolean", False, None),
+    ("seed", "long", None, None),
+    ("intervention", "string", None, None),
+    ("condition", "string", None, None),
+    ("in_sample", "boolean", True, None),
+    ("batch_size", "long", None, None),
+    ("return_sites", "string", [], (-1,)),
+    ("progress", "boolean", False, None),
+)
+
+
+_PARAM_NAMES = frozenset(spec[0] for spec in PARAM_SPECS)
+
+
+def params_schema() -> ParamSchema:
+    """Return the :class:`~mlflow.types.ParamSchema` of the pyfunc ``params``.
+
+    ``intervention`` and ``condition`` are JSON object strings
+    (``'{"t": 1.0}'``) in the schema, since MLflow params have no free-form mapping
+    type; called directly, the wrapper also takes dicts.
+
+    Example:
+        >>> [p.name for p in params_schema().params][:2]
+        ['return_datatree', 'seed']
+    """
+    return ParamSchema(
+        [ParamSpec(name, dtype, default, shape) for name, dtype, default, shape in PARAM_SPECS]
+    )
+
+
+def _as_site_mapping(value: Any, name: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"`{name}` must be a JSON object of site names to values, such as "
+                f"'{{\"t\": 1.0}}'; got {value!r} ({err})."
+            ) from None
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"`{name}` must be a mapping (or a JSON object string) of site names to "
+            f"values, got {type(value).__name__}."
+        )
+    return {str(k): np.asarray(v) for k, v in value.items()}
+
+
+def predict_options(params: Mapping[str, Any] | None) -> tuple[bool, dict[str, Any]]:
+    """Turn pyfunc ``params`` into ``ImpactModel.predict`` keyword arguments.
+
+    Args:
+        params: The pyfunc params (see :func:`params_schema`). Unknown names are passed
+            on to ``predict`` (kernel keyword arguments or other predict options).
+
+    Returns:
+        ``(return_datatree, predict keyword arguments)``.
+
+    Example:
+        >>> tree, kw = predict_options({"seed": 0, "intervention": '{"t": 1}'})
+        >>> tree, sorted(kw)
+        (False, ['intervention', 'progress', 'rng_key'])
+    """
+    options = {k: v for k, v in dict(params or {}).items() if v is not None}
+    return_datatree = bool(options.pop("return_datatree", False))
+    kwargs: dict[str, Any] = {"progress": bool(options.pop("progress", False))}
+    seed = options.pop("seed", None)
+    if seed is not None:
+        if "rng_key" in options:
+            raise TypeError("Pass either `seed` or `rng_key` in `params`, not both.")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"`seed` must be an integer, got {seed!r}.")
+        kwargs["rng_key"] = jax.random.key(int(seed))
+    for name in ("intervention", "condition"):
+        mapping = _as_site_mapping(options.pop(name, None), name)
+        if mapping:
+            kwargs[name] = mapping
+    sites = options.pop("return_sites", None)
+    if sites is not None and len(sites) > 0:
+        kwargs["return_sites"] = sites if isinstance(sites, str) else [str(s) for s in sites]
+    if "in_sample" in options:
+        kwargs["in_sample"] = bool(options.pop("in_sample"))
+    if "batch_size" in options:
+        kwargs["batch_size"] = int(options.pop("batch_size"))
+    kwargs.update(options)
+    return return_datatree, kwargs
+
+
+def _stack_column(values: Any) -> np.ndarray:
+    return np.stack([np.asarray(v) for v in values])
+
+
+def split_input(data: Any, param_input: str) -> tuple[Any, dict[str, Any]]:
+    """Split pyfunc input into the model input and other keyword arguments.
+
+    * dict: ``data[param_input]`` (or ``data["X"]``) is the input; other keys are
+      kernel keyword arguments or ``predict`` options.
+    * NumPy array (or list): the input.
+    * pandas DataFrame: its columns as a float array; when it has a column named
+      ``param_input`` whose cells are lists or arrays, every column is stacked into
+      one array per column instead.
+
+    Example:
+        >>> import numpy as np
+        >>> X, kw = split_input({"X": [[1.0, 2.0]], "scale": 2.0}, "X")
+        >>> X.shape, kw
+        ((1, 2), {'scale': 2.0})
+    """
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas comes with mlflow
+        pd = None
+    if pd is not None and isinstance(data, pd.DataFrame):
+        if param_input in data.columns and data[param_input].map(np.ndim).gt(0).all():
+            columns = {str(c): _stack_column(data[c]) for c in data.columns}
+            return columns.pop(param_input), columns
+        return data.to_numpy(dtype=float), {}
+    if isinstance(data, Mapping):
+        kwargs = dict(data)
+        key = param_input if param_input in kwargs else "X"
+        if key not in kwargs:
+            raise KeyError(
+                f"The input dict must hold the model input under {param_input!r}; got keys "
+                f"{sorted(kwargs)}."
+            )
+        X = kwargs.pop(key)
+        kwargs = {k: np.asarray(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+        return np.asarray(X) if isinstance(X, list) else X, kwargs
+    if isinstance(data, list):
+        return np.asarray(data), {}
+    return data, {}
+
+
+def _variable_rows(outputs: Schema | None, num_rows: int | None) -> Schema | None:
+    """Mark the row axis (axis 1, after draws) of output tensors as variable."""
+    if outputs is None or num_rows is None or not outputs.is_tensor_spec():
+        return outputs
+    specs = []
+    for spec in outputs.inputs:
+        shape = list(spec.shape)
+        if len(shape) >= 2 and shape[1] == num_rows:
+            shape[1] = -1
+        specs.append(TensorSpec(spec.type, tuple(shape), spec.name))
+    return Schema(specs)
+
+
+def infer_pyfunc_signature(
+    model: Any, data: Any, params: Mapping[str, Any] | None = None
+) -> ModelSignature:
+    """Infer the pyfunc signature by predicting on ``data`` (an input example).
+
+    The prediction uses an explicit key (``seed=0`` unless ``params`` has one), so
+    the model's internal ``rng_key`` is left as it was. The signature gets the aimz
+    :func:`params_schema` (plus schemas of any other names in ``params``), and the
+    outputs' row axis is variable.
+
+    Example:
+        >>> # infer_pyfunc_signature(model, {"X": X[:5]}).params.params[1].name
+        >>> # 'seed'
+    """
+    call = {**dict(params or {}), "return_datatree": False}
+    if call.get("seed") is None:
+        call["seed"] = 0
+    extra = {k: v for k, v in call.items() if k not in _PARAM_NAMES}
+    prediction = _AimzModelWrapper(model).predict(data, params=call)
+    signature = infer_signature(data, prediction)
+    X, _ = split_input(data, model.param_input)
+    signature.outputs = _variable_rows(signature.outputs, len(X) if np.ndim(X) else None)
+    schema = params_schema()
+    if extra:
+        schema = ParamSchema([*schema.params, *infer_signature(params=extra).params.params])
+    signature.params = schema
+    return signature
+
+
+class _AimzModelWrapper:
+    """pyfunc implementation of an aimz model (what ``mlflow.pyfunc`` calls).
+
+    Args:
+        model: The fitted :class:`~aimz_core.ImpactModel`.
+
+    Example:
+        >>> # wrapper = mlflow.pyfunc.load_model(uri)._model_impl
+        >>> # wrapper.get_raw_model().is_fitted()
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def get_raw_model(self) -> Any:
+        """Return the wrapped :class:`~aimz_core.ImpactModel`.
+
+        Example:
+            >>> # mlflow.pyfunc.load_model(uri).get_raw_model()
+        """
+        return self.model
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        """Posterior predictive draws for ``data``.
+
+        Args:
+            data: A dict of arrays (the model input under its ``param_input`` name,
+                plus kernel keyword arguments), a NumPy array (the input) or a pandas
+                DataFrame (see :func:`split_input`).
+            params: ``return_datatree`` (bool, default False: return plain arrays),
+                ``seed`` (int, key of this call), ``intervention`` / ``condition``
+                (mapping or JSON object string), ``in_sample``, ``batch_size``,
+                ``return_sites``, ``progress``; other names go to ``predict``.
+
+        Returns:
+            ``{site: ndarray}`` of shape ``(draws, ...)`` (JSON-serializable, what
+            ``mlflow models serve`` answers), or a DataTree when
+            ``return_datatree=True`` (needs ``aimz-io``).
+
+        Example:
+            >>> # pyfunc_model.predict({"X": X}, params={"seed": 0})["y"].shape
+        """
+        return_datatree, kwargs = predict_options(params)
+        X, data_kwargs = split_input(data, self.model.param_input)
+        call = {**data_kwargs, **kwargs}
+        if return_datatree:
+            return self.model.predict(X, store="memory", return_datatree=True, **call)
+        out = self.model.predict(X, return_datatree=False, **call)
+        return {site: np.asarray(value) for site, value in out.items()}
+
+
+__all__ = ["infer_pyfunc_signature", "params_schema", "predict_options", "split_input"]
