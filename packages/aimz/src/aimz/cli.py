@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 #: Input file types ``aimz predict`` reads.
 INPUT_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
@@ -30,6 +31,13 @@ INPUT_SUFFIXES = (".npy", ".npz", ".csv", ".parquet")
 
 class CliError(Exception):
     """A failure reported as one line on stderr with exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 # ----------------------------------------------------------------- argument types
@@ -75,9 +83,7 @@ def parse_intervention(text: str) -> tuple[str, Any]:
     site, sep, raw = text.partition("=")
     site, raw = site.strip(), raw.strip()
     if not sep or not site or not raw:
-        raise argparse.ArgumentTypeError(
-            f"expected SITE=VALUE (e.g. treatment=1), got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected SITE=VALUE (e.g. treatment=1), got {text!r}")
     if not site.isidentifier():
         raise argparse.ArgumentTypeError(f"site name {site!r} in {text!r} is not a valid name")
     try:
@@ -110,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         >>> build_parser().parse_args(["demo", "--seed", "3"]).seed
         3
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="aimz",
         description="aimz: probabilistic impact modeling with NumPyro.",
     )
@@ -208,7 +214,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ("MLflow tracking URI", result.tracking_uri),
         ("MLflow artifacts", result.artifact_root),
         ("MLflow run id", result.run_id),
-        ("MLflow model URI", result.model_uri),
+        ("MLflow model URI", f"{result.model_uri} (= {result.logged_model_uri})"),
+        ("MLflow model files", result.model_dir),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -222,7 +229,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print("Browse the run:")
     print(f"  mlflow ui --backend-store-uri {result.tracking_uri}")
-    print(f"Done in {result.seconds:.1f} s.")
+    steps = ", ".join(f"{name} {sec:.1f} s" for name, sec in result.timings.items())
+    print(f"Done in {result.seconds:.1f} s ({steps}).")
     return 0
 
 
@@ -351,18 +359,60 @@ def bind_input(
     return X, arrays, notes
 
 
-def _load_model(model_uri: str, tracking_uri: str | None) -> Any:
+def check_tracking_store(model_uri: str, tracking_uri: str | None) -> None:
+    """Refuse to resolve a ``runs:/`` or ``models:/`` URI against a store that is not there.
+
+    MLflow would otherwise create an empty SQLite store (``./mlflow.db`` by default)
+    just to report that the run does not exist.
+
+    Args:
+        model_uri: The model URI.
+        tracking_uri: ``--tracking-uri``, if given.
+
+    Raises:
+        CliError: The URI needs a tracking store and none exists.
+
+    Example:
+        >>> check_tracking_store("/path/to/model", None)  # local folders need none
+    """
+    scheme = model_uri.split(":", 1)[0] if ":" in model_uri else ""
+    if scheme not in ("runs", "models"):
+        return
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None:
+        if Path("mlflow.db").is_file() or Path("mlruns").is_dir():
+            return
+        raise CliError(
+            f"{model_uri!r} needs an MLflow tracking store: pass --tracking-uri "
+            "(e.g. sqlite:///aimz-demo/mlflow.db) or set MLFLOW_TRACKING_URI"
+        )
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+        if not db.is_file():
+            raise CliError(f"tracking database {str(db)!r} (from {uri!r}) does not exist")
+
+
+def _load_model(model_uri: str, tracking_uri: str | None, *, progress: bool = True) -> Any:
     import mlflow
 
     from aimz.mlflow import load_model
 
     if tracking_uri is not None:
         mlflow.set_tracking_uri(tracking_uri)
+    switch = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(switch)
+    if not progress:
+        os.environ[switch] = "false"
     try:
         return load_model(model_uri)
     except Exception as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CliError(f"cannot load model {model_uri!r}: {message}") from None
+    finally:
+        if previous is None:
+            os.environ.pop(switch, None)
+        else:
+            os.environ[switch] = previous
 
 
 def _dir_size(path: Path) -> int:
@@ -414,8 +464,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise CliError(f"--intervention for site {site!r} is given more than once")
         interventions[site] = value
     data = read_input(input_path)
-
-    model = _load_model(args.model_uri, args.tracking_uri)
+    check_tracking_store(args.model_uri, args.tracking_uri)
+    model = _load_model(args.model_uri, args.tracking_uri, progress=not args.no_progress)
     from aimz_core.arguments import kernel_parameter_names
 
     params = kernel_parameter_names(model.kernel)

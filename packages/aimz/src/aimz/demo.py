@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -36,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 
@@ -139,8 +142,12 @@ class DemoResult:
         artifact_root: MLflow artifact location of the experiment.
         run_id: MLflow run id.
         model_uri: URI of the logged model (``runs:/<run_id>/model``).
+        logged_model_uri: The same model as ``models:/<model_id>``.
+        model_dir: Local folder of the logged model's files (``MLmodel``,
+            ``model.pkl``, ...); also a valid model URI.
         summary: The summary table as text.
         stats: Headline numbers (effect mean, sd, HDI, ...).
+        timings: Seconds spent in each step.
         seconds: Wall time of the run.
     """
 
@@ -156,8 +163,11 @@ class DemoResult:
     artifact_root: str
     run_id: str
     model_uri: str
+    logged_model_uri: str
+    model_dir: Path
     summary: str
     stats: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -188,14 +198,28 @@ class _Background:
 
 
 def _prepare_mlflow(tracking_uri: str, artifact_root: str) -> str:
-    """Import MLflow, create the SQLite store and the experiment; return its id."""
+    """Import MLflow, create the SQLite store and the experiment; return its id.
+
+    Also imports the plotting stack, so that both slow imports overlap the fit.
+    """
     import mlflow
+
+    import aimz.mlflow  # noqa: F401
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(EXPERIMENT, artifact_location=artifact_root)
+    if experiment is None:
+        experiment_id = client.create_experiment(EXPERIMENT, artifact_location=artifact_root)
+    else:
+        experiment_id = experiment.experiment_id
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import arviz_plots  # noqa: F401
+    except ImportError:
+        pass
+    return experiment_id
 
 
 def plot_effect(average_effect: np.ndarray, path: Path, *, num_chains: int = 1) -> str:
@@ -271,6 +295,10 @@ def run_demo(
         >>> # result = run_demo("aimz-demo", seed=0); result.model_uri
     """
     start = time.perf_counter()
+    # MLflow's INFO lines (schema creation, uv detection) and its pip-version warning
+    # are noise here.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {str(out)!r} exists and is not a directory.")
@@ -282,11 +310,18 @@ def run_demo(
     from tqdm.auto import tqdm
 
     steps = tqdm(total=6, desc="aimz demo", unit="step", disable=not progress, file=sys.stderr)
+    timings: dict[str, float] = {}
+    clock = [time.perf_counter(), ""]
 
     def step(message: str) -> None:
-        steps.set_postfix_str(message)
-        if not progress:
-            echo(f"- {message}")
+        now = time.perf_counter()
+        if clock[1]:
+            timings[str(clock[1])] = now - float(clock[0])
+        clock[:] = [now, message]
+        if message:
+            steps.set_postfix_str(message)
+            if not progress:
+                echo(f"- {message}")
 
     # 1. data -----------------------------------------------------------------
     step("generating data")
@@ -379,7 +414,7 @@ def run_demo(
     experiment_id = mlflow_ready.result()
     import mlflow
 
-    from aimz.mlflow import log_model
+    from aimz.mlflow import get_default_pip_requirements, log_model
 
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name="aimz-demo") as run:
@@ -399,8 +434,16 @@ def run_demo(
         mlflow.log_metrics(stats)
         mlflow.log_artifact(str(plot_png))
         mlflow.log_artifact(str(summary_csv))
-        log_model(model, name="model")
+        # Explicit requirements skip MLflow's slow import-capturing inference.
+        info = log_model(
+            model,
+            name="model",
+            pip_requirements=get_default_pip_requirements(include_cloudpickle=True),
+        )
         run_id = run.info.run_id
+    location = mlflow.get_logged_model(info.model_id).artifact_location
+    model_dir = Path(url2pathname(urlparse(location).path))
+    step("")
     steps.update()
     steps.close()
     return DemoResult(
@@ -416,8 +459,11 @@ def run_demo(
         artifact_root=artifact_root,
         run_id=run_id,
         model_uri=f"runs:/{run_id}/model",
+        logged_model_uri=info.model_uri,
+        model_dir=model_dir,
         summary=summary,
         stats=stats,
+        timings=timings,
         seconds=time.perf_counter() - start,
     )
 

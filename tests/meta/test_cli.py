@@ -1,0 +1,343 @@
+"""The ``aimz`` console script: ``aimz demo`` end to end, then ``aimz predict``.
+
+The demo runs once per module in a subprocess (the installed console script); the
+artifacts it reports are then checked one by one, and the model it logged is scored
+with ``aimz predict``. Error cases run ``aimz.cli.main`` in-process where possible.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("aimz_io")
+pytest.importorskip("aimz_mlflow")
+
+from aimz import cli
+
+AIMZ = Path(sys.executable).parent / ("aimz.exe" if os.name == "nt" else "aimz")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_aimz(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [str(AIMZ), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run ``aimz demo --out tmp --no-progress`` once and parse what it printed."""
+    if not AIMZ.exists():
+        pytest.skip(f"console script not installed at {AIMZ}")
+    root = tmp_path_factory.mktemp("cli")
+    out = root / "demo"
+    proc = run_aimz("demo", "--out", str(out), "--no-progress", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stdout = proc.stdout
+    model_uri = re.search(r"runs:/[0-9a-f]+/model", stdout)
+    tracking_uri = re.search(r"--tracking-uri (sqlite:///\S+)", stdout)
+    run_id = re.search(r"MLflow run id\s+([0-9a-f]+)", stdout)
+    model_dir = re.search(r"MLflow model files\s+(\S+)", stdout)
+    assert model_uri and tracking_uri and run_id and model_dir, stdout
+    return {
+        "root": root,
+        "out": out,
+        "stdout": stdout,
+        "model_uri": model_uri.group(),
+        "tracking_uri": tracking_uri.group(1),
+        "run_id": run_id.group(1),
+        "model_dir": Path(model_dir.group(1)),
+    }
+
+
+@pytest.mark.slow
+def test_demo_prints_summary_and_command(demo: dict) -> None:
+    stdout = demo["stdout"]
+    for column in ("mean", "sd", "hdi_low", "hdi_high", "prob_positive"):
+        assert column in stdout
+    assert "aimz predict runs:/" in stdout
+    # Every artifact it names lives under the demo folder.
+    for path in re.findall(r"(/\S+)", stdout):
+        if path.startswith(str(demo["root"])):
+            assert Path(path.rstrip(",")).resolve().is_relative_to(demo["out"].resolve())
+
+
+@pytest.mark.slow
+def test_demo_zarr_stores_open_with_xarray(demo: dict) -> None:
+    import xarray as xr
+
+    stores = sorted((demo["out"] / "outputs").iterdir())
+    assert len(stores) == 2
+    means = []
+    for store in stores:
+        ds = xr.open_zarr(store, consolidated=False)
+        assert "y" in ds.data_vars
+        assert ds["y"].shape == (500, 2000)
+        means.append(float(ds["y"].mean()))
+    # do(treatment=1) raises revenue on average.
+    assert means[1] > means[0]
+
+
+@pytest.mark.slow
+def test_demo_writes_png(demo: dict) -> None:
+    png = demo["out"] / "effect.png"
+    assert png.is_file()
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.slow
+def test_demo_logs_run_and_model(demo: dict) -> None:
+    db = demo["out"] / "mlflow.db"
+    assert db.is_file()
+    with sqlite3.connect(db) as conn:
+        runs = dict(conn.execute("select run_uuid, status from runs").fetchall())
+        models = conn.execute(
+            "select name, source_run_id from logged_models where source_run_id = ?",
+            (demo["run_id"],),
+        ).fetchall()
+        params = dict(
+            conn.execute("select key, value from params where run_uuid = ?", (demo["run_id"],))
+        )
+        metrics = {
+            row[0]
+            for row in conn.execute(
+                "select key from latest_metrics where run_uuid = ?", (demo["run_id"],)
+            )
+        }
+    assert runs[demo["run_id"]] == "FINISHED"
+    assert models == [("model", demo["run_id"])]
+    assert params["seed"] == "0"
+    assert {"effect_mean", "effect_hdi_low", "effect_hdi_high"} <= metrics
+    assert (demo["model_dir"] / "MLmodel").is_file()
+    assert demo["model_dir"].resolve().is_relative_to(demo["out"].resolve())
+
+
+@pytest.mark.slow
+def test_predict_scores_the_demo_model(demo: dict) -> None:
+    import xarray as xr
+
+    out = demo["out"] / "pred"
+    proc = run_aimz(
+        "predict",
+        demo["model_uri"],
+        "--tracking-uri",
+        demo["tracking_uri"],
+        "--input",
+        str(demo["out"] / "x.npy"),
+        "--output",
+        str(out),
+        "--batch-size",
+        "128",
+        "--seed",
+        "1",
+        "--no-progress",
+        cwd=demo["root"],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "written:" in proc.stdout
+    (store,) = out.iterdir()
+    assert str(store) in proc.stdout
+    ds = xr.open_zarr(store, consolidated=False)
+    assert ds["y"].shape == (500, 500)
+    assert np.isfinite(ds["y"].values).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".npz"])
+def test_predict_reads_tables_and_npz(demo: dict, tmp_path: Path, suffix: str, capsys) -> None:
+    import pandas as pd
+
+    data = np.load(demo["out"] / "inputs.npz")
+    path = tmp_path / f"in{suffix}"
+    if suffix == ".npz":
+        np.savez(path, X=data["X"][:20], t=data["t"][:20])
+    else:
+        frame = pd.DataFrame(data["X"][:20], columns=["a", "b", "c"]).assign(t=data["t"][:20])
+        if suffix == ".csv":
+            frame.to_csv(path, index=False)
+        else:
+            pytest.importorskip("pyarrow")
+            frame.to_parquet(path)
+    rc = cli.main(
+        [
+            "predict",
+            str(demo["model_dir"]),
+            "--input",
+            str(path),
+            "--output",
+            str(tmp_path / "pred"),
+            "--intervention",
+            "treatment=1",
+            "--no-progress",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "kwargs:  t (20,)" in captured.out
+    assert "do:      treatment=1.0" in captured.out
+
+
+@pytest.mark.slow
+def test_predict_failure_leaves_nothing(demo: dict, tmp_path: Path, capsys) -> None:
+    # A treatment vector that does not broadcast fails inside the prediction.
+    args = [
+        "predict",
+        str(demo["model_dir"]),
+        "--input",
+        str(demo["out"] / "x.npy"),
+        "--intervention",
+        "treatment=[1, 0, 1]",
+        "--no-progress",
+    ]
+    fresh = tmp_path / "fresh"
+    assert cli.main([*args, "--output", str(fresh)]) == 1
+    assert not fresh.exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("x")
+    assert cli.main([*args, "--output", str(existing)]) == 1
+    assert sorted(p.name for p in existing.iterdir()) == ["keep.txt"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("aimz predict: error:") for line in err)
+
+
+@pytest.mark.slow
+def test_predict_unknown_site_and_bad_uri(demo: dict, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "pred"
+    base = ["--input", str(demo["out"] / "x.npy"), "--output", str(out), "--no-progress"]
+    assert cli.main(["predict", str(demo["model_dir"]), *base, "--intervention", "nope=1"]) == 1
+    assert "not sample sites" in capsys.readouterr().err
+    assert cli.main(["predict", str(tmp_path / "no-model"), *base]) == 1
+    assert "cannot load model" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ fast error cases
+@pytest.mark.slow
+def test_missing_input_file_subprocess(tmp_path: Path) -> None:
+    if not AIMZ.exists():
+        pytest.skip(f"console script not installed at {AIMZ}")
+    out = tmp_path / "pred"
+    proc = run_aimz(
+        "predict",
+        "runs:/0/model",
+        "--input",
+        str(tmp_path / "missing.npy"),
+        "--output",
+        str(out),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"aimz predict: error: input file {str(tmp_path / 'missing.npy')!r} does not exist"
+    ]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["treatment", "=1", "treatment=", "treatment=abc", "treatment=true", "1x=2", "t=[1,'a']"],
+)
+def test_bad_intervention_syntax(tmp_path: Path, bad: str, capsys) -> None:
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((3, 2)))
+    out = tmp_path / "pred"
+    argv = ["predict", "m", "--input", str(x), "--output", str(out), "--intervention", bad]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("aimz predict: error: argument --intervention")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "argument --batch-size"),
+        (["--seed", "-1"], "argument --seed"),
+    ],
+)
+def test_bad_numbers(tmp_path: Path, args: list[str], message: str, capsys) -> None:
+    argv = ["predict", "m", "--input", "x.npy", "--output", str(tmp_path / "o"), *args]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unreadable_inputs(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "pred"
+    cases = {
+        "x.txt": ("hello", "unsupported type '.txt'"),
+        "x.npy": ("not numpy", "cannot read input"),
+        "x.parquet": ("not parquet", "cannot read"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(content)
+        rc = cli.main(["predict", "m", "--input", str(path), "--output", str(out)])
+        assert rc == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    (tmp_path / "dir.npy").mkdir()
+    assert cli.main(["predict", "m", "--input", str(tmp_path / "dir.npy"), "--output", "o"]) == 1
+    assert "is not a file" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_tracking_store_must_exist(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((3, 2)))
+    base = ["--input", str(x), "--output", str(tmp_path / "o")]
+    assert cli.main(["predict", "runs:/abc/model", *base]) == 1
+    assert "needs an MLflow tracking store" in capsys.readouterr().err
+    missing = tmp_path / "none.db"
+    argv = ["predict", "runs:/abc/model", *base, "--tracking-uri", f"sqlite:///{missing}"]
+    assert cli.main(argv) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+
+
+def test_output_is_a_file(tmp_path: Path, capsys) -> None:
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((3, 2)))
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert cli.main(["predict", "m", "--input", str(x), "--output", str(target)]) == 1
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_bind_input_rules() -> None:
+    X, kwargs, notes = cli.bind_input(
+        {"X": np.ones((2, 3)), "t": np.zeros(2), "y": np.zeros(2)}, ("X", "t", "y"), "X", "y"
+    )
+    assert X.shape == (2, 3) and list(kwargs) == ["t"] and notes
+    with pytest.raises(cli.CliError, match="not parameters of the kernel"):
+        cli.bind_input({"X": np.ones(2), "z": np.ones(2)}, ("X", "y"), "X", "y")
+    with pytest.raises(cli.CliError, match="no array named"):
+        cli.bind_input({"A": np.ones(2)}, ("X", "y"), "X", "y")
+
+
+def test_no_command_and_version(capsys) -> None:
+    assert cli.main([]) == 2
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("aimz ")
