@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import jax
@@ -29,6 +30,22 @@ def pad_rows(x: Any, size: int) -> Any:
     if isinstance(x, np.ndarray):
         return np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)], axis=0)
     return jax.numpy.concatenate([x, jax.numpy.repeat(x[-1:], size - n, axis=0)], axis=0)
+
+
+@partial(jax.jit, static_argnums=2)
+def take_draws(
+    post: dict[str, jax.Array], start: int, size: int
+) -> tuple[dict[str, jax.Array], jax.Array]:
+    """Chunk ``[start, start + size)`` of a (padded) posterior and its draw indices.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> chunk, idx = take_draws({"w": jnp.arange(6.0)}, 2, 3)
+        >>> chunk["w"].tolist(), idx.tolist()
+        ([2.0, 3.0, 4.0], [2, 3, 4])
+    """
+    chunk = {k: jax.lax.dynamic_slice_in_dim(v, start, size) for k, v in post.items()}
+    return chunk, start + jax.numpy.arange(size)
 
 
 def split_range(total: int, size: int) -> list[tuple[int, int]]:

@@ -31,7 +31,7 @@ from aimz_core.arguments import (
 from aimz_core.batched import BatchConfig, FunctionCache
 from aimz_core.compilation_cache import ensure_compilation_cache
 from aimz_core.data import ArrayDataset, ArrayLoader, check_batch_size, is_loader
-from aimz_core.engine import pad_rows, split_range, stream
+from aimz_core.engine import pad_rows, split_range, stream, take_draws
 from aimz_core.exceptions import (
     FitWarning,
     NotFittedError,
@@ -46,7 +46,7 @@ from aimz_core.kernel import (
 )
 from aimz_core.kernel_spec import KernelSpec, coerce_return_sites
 from aimz_core.output import io_backend, resolve_output_dir
-from aimz_core.planning import auto_batch_size, draw_block_size
+from aimz_core.planning import auto_batch_size, balanced_batch_size, draw_block_size
 from aimz_core.rng import coerce_key
 from aimz_core.sampling import global_trace
 from aimz_core.sharding import DeviceLayout
@@ -137,6 +137,12 @@ class ImpactModel:
                 f"Unsupported inference object: `{type(inference).__name__}`. Expected "
                 "`SVI` or `MCMC` from `numpyro.infer`."
             )
+        if isinstance(inference, SVI) and inference.static_kwargs:
+            raise ValueError(
+                "SVI `static_kwargs` are not supported: pass extra kernel arguments as "
+                "keyword arguments of the model's methods instead (non-array values are "
+                f"static automatically); got {sorted(inference.static_kwargs)}."
+            )
         self._kernel = kernel
         self._rng_key = coerce_key(rng_key)
         self._inference = inference
@@ -174,6 +180,19 @@ class ImpactModel:
         state.setdefault("_num_chains", 1)
         self.__dict__.update(state)
         self._init_runtime()
+        mcmc = self.__dict__.get("_inference")
+        if (
+            isinstance(mcmc, MCMC)
+            and mcmc.chain_method == "parallel"
+            and mcmc.num_chains > self._layout.num_devices
+        ):
+            warnings.warn(
+                f"The pickled MCMC runs {mcmc.num_chains} parallel chains but this host has "
+                f"{self._layout.num_devices} device(s); chains will run sequentially.",
+                PerformanceWarning,
+                stacklevel=2,
+            )
+            mcmc.chain_method = "sequential"
 
     def __del__(self) -> None:
         # No `contextlib.suppress` here: at interpreter exit module globals may
@@ -370,6 +389,18 @@ class ImpactModel:
     def _host_posterior(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in (self._posterior or {}).items()}
 
+    def _check_handler_sites(self, values: Mapping[str, Any], name: str) -> None:
+        """``intervention``/``condition`` may only name sample sites a trace has seen."""
+        spec = self._kernel_spec
+        if not values or spec is None or not spec.traced:
+            return
+        unknown = [k for k in values if k not in spec.sample_sites]
+        if unknown:
+            raise ValueError(
+                f"`{name}` names {', '.join(map(repr, unknown))}, which is not a sample "
+                f"site of the kernel; sample sites are: {', '.join(spec.sample_sites)}."
+            )
+
     def _sites_for(self, return_sites: Any) -> tuple[str, ...]:
         return coerce_return_sites(return_sites, self._kernel_spec, self._param_output)
 
@@ -425,7 +456,11 @@ class ImpactModel:
     ) -> dict[str, jax.Array]:
         svi = self._require_svi("sample")
         assert self._vi_result is not None
-        predictive = Predictive(svi.guide, params=self._vi_result.params, num_samples=num_samples)
+        # parallel=True: eager vmap reuses cached primitives, while the default
+        # (lax.map outside jit) compiles a new scan on every call.
+        predictive = Predictive(
+            svi.guide, params=self._vi_result.params, num_samples=num_samples, parallel=True
+        )
         args = {k: v for k, v in args.items() if k != self._param_output}
         return dict(predictive(key, **args))
 
@@ -755,6 +790,8 @@ class ImpactModel:
         sites = self._sites_for(return_sites)
         interv = _as_jax_tree(intervention, "intervention")
         cond = _as_jax_tree(condition, "condition")
+        self._check_handler_sites(interv, "intervention")
+        self._check_handler_sites(cond, "condition")
         key = self._next_key(rng_key)
         config = BatchConfig(
             kind=kind,
@@ -1009,6 +1046,8 @@ class ImpactModel:
             probe = {k: v[:1] for k, v in bound.arrays.items()}
             self._build_kernel_spec({**probe, **bound.extras}, with_output=False)
         sites = (self._param_output,) if kind == "loglik" else self._sites_for(return_sites)
+        self._check_handler_sites(interv, "intervention")
+        self._check_handler_sites(cond, "condition")
         if (
             batch_size is not None
             and loader_batch is None
@@ -1081,27 +1120,32 @@ class ImpactModel:
                     batch = jax.device_put(batch, self._layout.partitioned)
                 return (post, (key, i), batch, interv, cond)
 
-            per_item = num_draws
         else:
             total = num_draws
             dev_arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
             if sharded:
                 dev_arrays = jax.device_put(dev_arrays, self._layout.replicated)
 
+            padded: dict[int, dict[str, jax.Array]] = {}
+
             def args_for(size: int, start: int, stop: int, i: int) -> tuple:
-                chunk = {k: pad_rows(v[start:stop], size) for k, v in post.items()}
-                idx = jnp.arange(start, start + size)
+                # Pad the posterior once per chunk size, then take each chunk with one
+                # jitted dispatch instead of an eager slice and pad per site.
+                if size not in padded:
+                    rows = math.ceil(total / size) * size
+                    padded[size] = {k: pad_rows(v, rows) for k, v in post.items()}
+                chunk, idx = take_draws(padded[size], start, size)
                 if sharded:  # shard_map on an explicit mesh needs inputs laid out as P("obs")
                     chunk, idx = jax.device_put((chunk, idx), self._layout.partitioned)
                 return (chunk, (key, idx), dev_arrays, interv, cond)
 
-            per_item = n_obs
         if batch_size is None:
             probe_size = min(total, ndev)
             probe_size = max(ndev, probe_size)
             shapes = jax.eval_shape(entry.fn, *args_for(probe_size, 0, min(probe_size, total), 0))
-            batch_size = auto_batch_size(shapes, probe_size, total, ndev)
-            del per_item
+            batch_size = balanced_batch_size(
+                auto_batch_size(shapes, probe_size, total, ndev), total, ndev
+            )
         size = min(batch_size, total)
         size = max(ndev, math.ceil(size / ndev) * ndev)
         probe_args = args_for(size, 0, min(size, total), 0)

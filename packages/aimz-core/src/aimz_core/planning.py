@@ -47,6 +47,21 @@ def auto_batch_size(
     return size
 
 
+def balanced_batch_size(size: int, total: int, num_devices: int) -> int:
+    """Even out batches so the last one is not mostly padding.
+
+    Keeps the number of batches ``ceil(total / size)`` and spreads ``total`` over
+    them (rounded up to a multiple of ``num_devices``).
+
+    Example:
+        >>> balanced_batch_size(838, 1000, 1)
+        500
+    """
+    batches = math.ceil(total / max(1, size))
+    even = math.ceil(total / batches)
+    return max(num_devices, math.ceil(even / num_devices) * num_devices)
+
+
 #: Bytes of intermediate values one vectorised block of draws may allocate.
 TEMP_BYTES_PER_BLOCK = 256 * 2**20
 #: Intermediates assumed alive at once, relative to the largest one.
