@@ -7,9 +7,10 @@ Example:
     >>> from aimz_core import ImpactModel, KernelSpec
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-from aimz_core.data import ArrayDataset, ArrayLoader
 from aimz_core.exceptions import (
     AimzWarning,
     FitWarning,
@@ -18,13 +19,34 @@ from aimz_core.exceptions import (
     OutputWarning,
     PerformanceWarning,
 )
-from aimz_core.impact_model import ImpactModel
 from aimz_core.kernel_spec import KernelSpec
 
 try:
     __version__ = version("aimz-core")
 except PackageNotFoundError:  # pragma: no cover - source checkout without install
     __version__ = "0+unknown"
+
+# Names whose modules import JAX: loaded on first access so that importing the
+# package (for its exceptions, sinks or version) stays cheap.
+_LAZY = {
+    "ImpactModel": "aimz_core.impact_model",
+    "ArrayDataset": "aimz_core.data",
+    "ArrayLoader": "aimz_core.data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aimz_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "AimzWarning",

@@ -67,16 +67,12 @@ _check_parts()
 from aimz_core import (  # noqa: E402
     AimzWarning,
     FitWarning,
-    ImpactModel,
     KernelSpec,
     KernelValidationError,
     NotFittedError,
     OutputWarning,
     PerformanceWarning,
 )
-
-from aimz import model as model  # noqa: E402
-from aimz import utils as utils  # noqa: E402
 
 try:
     __version__ = importlib.metadata.version("aimz")
@@ -86,15 +82,26 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
 logging.getLogger("aimz").addHandler(logging.NullHandler())
 
 
+# Loaded on first access: `ImpactModel` (and the modules re-exporting it) import
+# JAX, and `aimz.mlflow` imports mlflow; `import aimz` itself stays fast.
+_LAZY_MODULES = ("mlflow", "model", "utils")
+
+
 def __getattr__(name: str) -> Any:
-    # `aimz.mlflow` imports mlflow, so it is only imported on first access.
-    if name == "mlflow":
-        return importlib.import_module("aimz.mlflow")
-    raise AttributeError(f"module 'aimz' has no attribute {name!r}")
+    if name == "ImpactModel":
+        import aimz_core
+
+        value = aimz_core.ImpactModel
+    elif name in _LAZY_MODULES:
+        value = importlib.import_module(f"aimz.{name}")
+    else:
+        raise AttributeError(f"module 'aimz' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "mlflow"])
+    return sorted([*globals(), "ImpactModel", *_LAZY_MODULES])
 
 
 __all__ = [
