@@ -11,7 +11,7 @@ import numpy as np
 
 #: Output bytes one batch aims for: large enough to amortise dispatch and I/O,
 #: small enough that a few batches in flight keep memory flat.
-OUTPUT_BYTES_PER_BATCH = 32 * 2**20
+OUTPUT_BYTES_PER_BATCH = 16 * 2**20
 
 
 def auto_batch_size(
@@ -63,7 +63,7 @@ def balanced_batch_size(size: int, total: int, num_devices: int) -> int:
 
 
 #: Bytes of intermediate values one vectorised block of draws may allocate.
-TEMP_BYTES_PER_BLOCK = 256 * 2**20
+TEMP_BYTES_PER_BLOCK = 32 * 2**20
 #: Intermediates assumed alive at once, relative to the largest one.
 LIVE_FACTOR = 4
 
