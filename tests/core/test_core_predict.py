@@ -278,8 +278,8 @@ def test_streaming_intervention_and_condition(svi_model, data):
             rng_key=KEY,
             **_stream_kwargs(batch_size=OBS_BATCH),
         )
-    for site in ref:
-        np.testing.assert_array_equal(out[site], ref[site])
+    for site in ref:  # same draws; float rounding may differ between compiled batch shapes
+        np.testing.assert_allclose(out[site], ref[site], rtol=1e-6, atol=1e-6)
     # ... unless the automatic batch holds the whole input
     with warnings.catch_warnings():
         warnings.simplefilter("error", PerformanceWarning)

@@ -48,6 +48,18 @@ def _scalar_to_zero(key: Any) -> int | slice:
     return 0 if not isinstance(key, slice) and np.ndim(key) == 0 else slice(None)
 
 
+def _refuses_missing_chunks(array: Any) -> bool:
+    """Whether zarr itself raises on missing chunks (``read_missing_chunks=False``).
+
+    Older zarr releases (the last ones for Python 3.11) lack the option; there the
+    reader counts the stored chunks instead.
+    """
+    config = getattr(array, "config", None) or getattr(
+        getattr(array, "_async_array", None), "config", None
+    )
+    return getattr(config, "read_missing_chunks", True) is False
+
+
 class ChainDrawArray(BackendArray):
     """A Zarr array ``(chain * draw, ...)`` presented lazily as ``(chain, draw, ...)``.
 
@@ -99,7 +111,16 @@ class ChainDrawArray(BackendArray):
                 "`output_dir` before cleaning up."
             )
         try:
-            return np.asarray(self.array.oindex[key])
+            values = np.asarray(self.array.oindex[key])
+            if not _refuses_missing_chunks(self.array) and (
+                self.array.nchunks_initialized < self.array.nchunks
+            ):
+                raise FileNotFoundError(
+                    f"Part of the aimz artifact {str(self.path)!r} is missing: the store "
+                    f"has {self.array.nchunks_initialized} of {self.array.nchunks} chunks "
+                    "(incomplete or partly deleted)."
+                )
+            return values
         except Exception as err:
             if type(err).__name__ == "ChunkNotFoundError":
                 raise FileNotFoundError(
