@@ -25,8 +25,41 @@ def is_array_like(value: object) -> bool:
     return hasattr(value, "__len__") or hasattr(value, "shape") or hasattr(value, "__array__")
 
 
-def as_array(value: Any, name: str) -> np.ndarray | jax.Array:
-    """Convert an array-like to a NumPy array (JAX arrays are kept) with ndim >= 1."""
+def is_lazy_array(value: object) -> bool:
+    """Whether ``value`` is an array object that is not NumPy/JAX (Dask, Zarr, ...).
+
+    Such arrays are kept as they are and sliced per batch instead of being read
+    whole into memory.
+
+    Example:
+        >>> is_lazy_array(np.zeros(2)), is_lazy_array([1.0])
+        (False, False)
+    """
+    if isinstance(value, (np.ndarray, jax.Array, list, tuple)):
+        return False
+    return all(hasattr(value, a) for a in ("shape", "dtype", "ndim", "__getitem__"))
+
+
+def host_rows(value: Any, start: int | None = None, stop: int | None = None) -> Any:
+    """Rows ``[start, stop)`` of an array as a NumPy (or JAX) array, read lazily.
+
+    Example:
+        >>> host_rows(np.arange(5), 1, 3).tolist()
+        [1, 2]
+    """
+    rows = value if start is None and stop is None else value[start:stop]
+    return rows if isinstance(rows, (np.ndarray, jax.Array)) else np.asarray(rows)
+
+
+def as_array(value: Any, name: str, *, lazy: bool = False) -> Any:
+    """Convert an array-like to a NumPy array (JAX arrays are kept) with ndim >= 1.
+
+    With ``lazy=True``, array objects such as Dask or Zarr arrays are kept unread.
+    """
+    if lazy and is_lazy_array(value):
+        if value.ndim == 0:
+            raise ValueError(f"`{name}` must have at least 1 dimension, got a scalar.")
+        return value
     arr = value if isinstance(value, (np.ndarray, jax.Array)) else np.asarray(value)
     if arr.ndim == 0:
         raise ValueError(f"`{name}` must have at least 1 dimension, got a scalar.")
@@ -74,12 +107,16 @@ def bind_arguments(
     X: Any,
     y: Any = None,
     kwargs: Mapping[str, Any] | None = None,
+    *,
+    lazy: bool = False,
 ) -> KernelArgs:
     """Bind ``X``, ``y`` and extra kwargs to the kernel signature and split them.
 
     Raises:
         TypeError: For reserved, unknown or missing arguments.
         ValueError: For 0-D ``X`` or ``y``.
+
+    With ``lazy=True`` Dask/Zarr-like arrays are kept unread (see :func:`as_array`).
 
     Example:
         >>> def k(X, y=None, scale=1.0): ...
@@ -96,15 +133,15 @@ def bind_arguments(
         kernel_signature(kernel).bind(**values)
     except TypeError as err:
         raise TypeError(f"Arguments do not match the kernel signature: {err}") from None
-    arrays: dict[str, Any] = {param_input: as_array(X, param_input)}
+    arrays: dict[str, Any] = {param_input: as_array(X, param_input, lazy=lazy)}
     if y is not None:
-        arrays[param_output] = as_array(y, param_output)
+        arrays[param_output] = as_array(y, param_output, lazy=lazy)
     extras: dict[str, Any] = {}
     for name, value in kwargs.items():
         if value is None:
             extras[name] = None
         elif is_array_like(value):
-            arrays[name] = as_array(value, name)
+            arrays[name] = as_array(value, name, lazy=lazy)
         else:
             extras[name] = value
     return KernelArgs(arrays=arrays, extras=extras)
@@ -116,10 +153,10 @@ def check_aligned(arrays: Mapping[str, Any], param_input: str) -> int:
     Raises:
         ValueError: If the input is empty or sizes differ.
     """
-    n = len(arrays[param_input])
+    sizes = {name: int(arr.shape[0]) for name, arr in arrays.items()}
+    n = sizes[param_input]
     if n == 0:
         raise ValueError(f"`{param_input}` must not be empty.")
-    sizes = {name: len(arr) for name, arr in arrays.items()}
     if len(set(sizes.values())) > 1:
         listing = ", ".join(f"{k}={v}" for k, v in sizes.items())
         raise ValueError(

@@ -58,7 +58,13 @@ def split_range(total: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
-def _trim(block: np.ndarray, axis: int, length: int) -> np.ndarray:
+def trim_block(block: np.ndarray, axis: int, length: int) -> np.ndarray:
+    """The first ``length`` entries of ``block`` along ``axis`` (drops batch padding).
+
+    Example:
+        >>> trim_block(np.zeros((2, 4)), 1, 3).shape
+        (2, 3)
+    """
     if block.shape[axis] == length:
         return block
     index = [slice(None)] * block.ndim
@@ -96,7 +102,7 @@ def stream(
         def finish() -> None:
             start, stop, outputs = pending.popleft()
             for site, value in outputs.items():
-                sink.write(site, start, _trim(np.asarray(value), stream_axis, stop - start))
+                sink.write(site, start, trim_block(np.asarray(value), stream_axis, stop - start))
             bar.update(1)
 
         for i, (start, stop) in enumerate(ranges):

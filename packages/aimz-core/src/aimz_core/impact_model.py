@@ -24,6 +24,7 @@ from aimz_core.arguments import (
     KernelArgs,
     bind_arguments,
     check_aligned,
+    host_rows,
     is_array_like,
     kernel_parameter_names,
     reject_reserved,
@@ -31,7 +32,7 @@ from aimz_core.arguments import (
 from aimz_core.batched import BatchConfig, FunctionCache
 from aimz_core.compilation_cache import ensure_compilation_cache
 from aimz_core.data import ArrayDataset, ArrayLoader, check_batch_size, is_loader
-from aimz_core.engine import pad_rows, split_range, stream, take_draws
+from aimz_core.engine import pad_rows, split_range, stream, take_draws, trim_block
 from aimz_core.exceptions import (
     FitWarning,
     NotFittedError,
@@ -45,7 +46,8 @@ from aimz_core.kernel import (
     validate_kernel_signature,
 )
 from aimz_core.kernel_spec import KernelSpec, coerce_return_sites
-from aimz_core.output import io_backend, resolve_output_dir
+from aimz_core.output import io_backend, is_url, resolve_output_dir
+from aimz_core.plan import StreamPlan
 from aimz_core.planning import auto_batch_size, balanced_batch_size, draw_block_size
 from aimz_core.rng import coerce_key
 from aimz_core.sampling import global_trace
@@ -343,8 +345,10 @@ class ImpactModel:
             return key
         return coerce_key(rng_key, stacklevel=4)
 
-    def _bind(self, X: Any, y: Any, kwargs: Mapping[str, Any]) -> KernelArgs:
-        return bind_arguments(self._kernel, self._param_input, self._param_output, X, y, kwargs)
+    def _bind(self, X: Any, y: Any, kwargs: Mapping[str, Any], *, lazy: bool = False) -> KernelArgs:
+        return bind_arguments(
+            self._kernel, self._param_input, self._param_output, X, y, kwargs, lazy=lazy
+        )
 
     def _build_kernel_spec(self, args: Mapping[str, Any], with_output: bool) -> KernelSpec:
         if self._kernel_spec is not None and self._kernel_spec.covers(with_output):
@@ -934,7 +938,7 @@ class ImpactModel:
         return self._as_result("prior_predictive", out, dims, return_datatree)
 
     # -------------------------------------------------------- streaming methods
-    def _base_dir(self, output_dir: str | Path | None) -> Path:
+    def _base_dir(self, output_dir: str | Path | None) -> Path | str:
         if output_dir is not None:
             return resolve_output_dir(output_dir)
         if self._temp_dir is None:
@@ -980,14 +984,14 @@ class ImpactModel:
                 )
             X_f = fields.pop(self._param_input)
             y_f = fields.pop(self._param_output, None)
-            bound = self._bind(X_f, y_f, {**fields, **kwargs})
+            bound = self._bind(X_f, y_f, {**fields, **kwargs}, lazy=True)
             check_aligned(bound.arrays, self._param_input)
             return bound, loader_batch
         if not is_array_like(X):
             raise TypeError(
                 f"`X` must be an array-like or a data loader, got {type(X).__name__!r}."
             )
-        bound = self._bind(X, y, kwargs)
+        bound = self._bind(X, y, kwargs, lazy=True)
         check_aligned(bound.arrays, self._param_input)
         return bound, None
 
@@ -1012,7 +1016,95 @@ class ImpactModel:
         return_datatree: bool,
         kwargs: Mapping[str, Any],
         desc: str,
+        client: Any = None,
+        resume: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> Any:
+        plan, dask_client = self._plan_stream(
+            kind,
+            caller,
+            group,
+            X,
+            y,
+            num_samples=num_samples,
+            intervention=intervention,
+            condition=condition,
+            rng_key=rng_key,
+            return_sites=return_sites,
+            shard_axis=shard_axis,
+            batch_size=batch_size,
+            store=store,
+            output_dir=output_dir,
+            return_datatree=return_datatree,
+            kwargs=kwargs,
+            desc=desc,
+            client=client,
+            resume=resume,
+            storage_options=storage_options,
+        )
+        if client is not None or resume or is_url(output_dir):
+            return io_backend("Distributed and resumable runs").run_distributed(
+                self,
+                plan,
+                client=dask_client,
+                base_dir=self._base_dir(output_dir),
+                resume=resume,
+                progress=progress,
+                storage_options=storage_options,
+            )
+        if return_datatree:
+            base = self._base_dir(output_dir) if store == "persistent" else None
+            sink = io_backend().make_sink(store=store, base_dir=base, progress=progress)
+        else:
+            sink = MemorySink()
+        arrays = plan.arrays
+        if plan.shard_axis == "obs":
+
+            def launch(i: int, start: int, stop: int) -> dict[str, jax.Array]:
+                rows = {k: host_rows(v, start, stop) for k, v in arrays.items()}
+                return self._launch_block(plan, i, start, rows)
+
+        else:
+
+            def launch(i: int, start: int, stop: int) -> dict[str, jax.Array]:
+                return self._launch_block(plan, i, start, arrays)
+
+        assert plan.info is not None
+        return stream(
+            plan.ranges,
+            launch,
+            stream_axis=plan.stream_axis,
+            sink=sink,
+            info=plan.info,
+            progress=progress,
+            desc=plan.desc,
+        )
+
+    def _plan_stream(
+        self,
+        kind: Literal["predict", "prior", "loglik"],
+        caller: str,
+        group: str,
+        X: Any,
+        y: Any,
+        *,
+        num_samples: int | None,
+        intervention: Mapping[str, Any] | None,
+        condition: Mapping[str, Any] | None,
+        rng_key: jax.Array | None,
+        return_sites: Any,
+        shard_axis: ShardAxis,
+        batch_size: int | None,
+        store: Store,
+        output_dir: str | Path | None,
+        return_datatree: bool,
+        kwargs: Mapping[str, Any],
+        desc: str,
+        client: Any = None,
+        resume: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> tuple[StreamPlan, Any]:
+        """Validate, bind and plan a streamed call: everything but the batches."""
         # Validation, in order, before any work or directory is created.
         if kind in ("predict", "loglik"):
             self._check_fitted()
@@ -1031,6 +1123,30 @@ class ImpactModel:
             raise ValueError(
                 "`output_dir` must be `None` when `store='memory'` or `return_datatree=False`."
             )
+        if (client is not None or resume) and (store == "memory" or not return_datatree):
+            what = "`client`" if client is not None else "`resume=True`"
+            raise ValueError(
+                f"{what} writes a persistent Zarr store: it needs `store='persistent'` "
+                "and `return_datatree=True`."
+            )
+        if resume and output_dir is None:
+            raise ValueError(
+                "`resume=True` needs the `output_dir` of the interrupted run (a temporary "
+                "directory does not survive the process)."
+            )
+        if resume and rng_key is None and kind != "loglik":
+            raise ValueError(
+                "`resume=True` needs the explicit `rng_key` of the interrupted run: the "
+                "model's internal key has moved on since, so the draws would differ."
+            )
+        if storage_options is not None and not is_url(output_dir):
+            raise ValueError(
+                "`storage_options` only applies to an object-store `output_dir` URL "
+                "(e.g. 's3://bucket/prefix')."
+            )
+        dask_client = None
+        if client is not None:
+            dask_client = io_backend("Distributed runs").resolve_client(client)
         interv = _as_jax_tree(intervention, "intervention")
         cond = _as_jax_tree(condition, "condition")
         bound, loader_batch = self._streaming_inputs(X, y, kwargs)
@@ -1040,10 +1156,10 @@ class ImpactModel:
                 f"`{self._param_input}`."
             )
         if return_datatree:
-            backend = io_backend()
-        n_obs = len(bound.arrays[self._param_input])
+            io_backend()
+        n_obs = int(bound.arrays[self._param_input].shape[0])
         if kind == "prior":
-            probe = {k: v[:1] for k, v in bound.arrays.items()}
+            probe = {k: host_rows(v, 0, 1) for k, v in bound.arrays.items()}
             self._build_kernel_spec({**probe, **bound.extras}, with_output=False)
         sites = (self._param_output,) if kind == "loglik" else self._sites_for(return_sites)
         self._check_handler_sites(interv, "intervention")
@@ -1057,7 +1173,7 @@ class ImpactModel:
                 f"The `batch_size` ({batch_size}) is not divisible by the number of "
                 f"devices ({self._layout.num_devices}); batches are padded.",
                 PerformanceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         batch_size = batch_size or loader_batch
         post = self._placed_posterior() if kind != "prior" else {}
@@ -1090,12 +1206,13 @@ class ImpactModel:
                     f"{what}, which are not compatible with `shard_axis='obs'` for this "
                     "input; rerunning with `shard_axis='draw'`.",
                     PerformanceWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
                 shard_axis = "draw"
+        global_post: dict[str, jax.Array] = {}
         if kind == "prior" and shard_axis == "obs":
             key, prior_key = random.split(key)
-            post = self._global_prior(bound, sites, num_draws, prior_key)
+            global_post = self._global_prior(bound, sites, num_draws, prior_key)
 
         sharded = self._layout.num_devices > 1
         config = BatchConfig(
@@ -1106,57 +1223,61 @@ class ImpactModel:
             num_draws=num_draws,
             sharded=sharded,
         )
-        entry = self._functions.get(
-            self._kernel, config, bound.extras, self._param_output, self._layout
-        )
         ndev = self._layout.num_devices
         arrays = bound.arrays
-        if shard_axis == "obs":
-            total = n_obs
+        total = n_obs if shard_axis == "obs" else num_draws
+        plan = StreamPlan(
+            kind=kind,
+            caller=caller,
+            group=group,
+            shard_axis=shard_axis,
+            config=config,
+            extras=bound.extras,
+            key=key,
+            size=0,
+            total=total,
+            ranges=[],
+            stream_axis=1 if shard_axis == "obs" else 0,
+            global_post=global_post,
+            intervention=interv,
+            condition=cond,
+            info=None,
+            desc=desc,
+            arrays=arrays,
+        )
 
-            def args_for(size: int, start: int, stop: int, i: int) -> tuple:
-                batch = {k: pad_rows(v[start:stop], size) for k, v in arrays.items()}
-                if sharded:
-                    batch = jax.device_put(batch, self._layout.partitioned)
-                return (post, (key, i), batch, interv, cond)
-
-        else:
-            total = num_draws
-            dev_arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
-            if sharded:
-                dev_arrays = jax.device_put(dev_arrays, self._layout.replicated)
-
-            padded: dict[int, dict[str, jax.Array]] = {}
-
-            def args_for(size: int, start: int, stop: int, i: int) -> tuple:
-                # Pad the posterior once per chunk size, then take each chunk with one
-                # jitted dispatch instead of an eager slice and pad per site.
-                if size not in padded:
-                    rows = math.ceil(total / size) * size
-                    padded[size] = {k: pad_rows(v, rows) for k, v in post.items()}
-                chunk, idx = take_draws(padded[size], start, size)
-                if sharded:  # shard_map on an explicit mesh needs inputs laid out as P("obs")
-                    chunk, idx = jax.device_put((chunk, idx), self._layout.partitioned)
-                return (chunk, (key, idx), dev_arrays, interv, cond)
+        def args_for(size: int) -> tuple:
+            stop = min(size, total)
+            if shard_axis == "obs":
+                rows = {k: host_rows(v, 0, stop) for k, v in arrays.items()}
+            else:
+                rows = arrays
+            return self._block_args(plan, 0, 0, rows, size=size)
 
         if batch_size is None:
+            entry = self._functions.get(
+                self._kernel, config, bound.extras, self._param_output, self._layout
+            )
             probe_size = min(total, ndev)
             probe_size = max(ndev, probe_size)
-            shapes = jax.eval_shape(entry.fn, *args_for(probe_size, 0, min(probe_size, total), 0))
+            shapes = jax.eval_shape(entry.fn, *args_for(probe_size))
             batch_size = balanced_batch_size(
                 auto_batch_size(shapes, probe_size, total, ndev), total, ndev
             )
         size = min(batch_size, total)
         size = max(ndev, math.ceil(size / ndev) * ndev)
-        probe_args = args_for(size, 0, min(size, total), 0)
-        entry = self._blocked(
+        probe_args = args_for(size)
+        config = self._blocked_config(
             config,
             bound.extras,
             (key, _first_draw(probe_args[0]), probe_args[2], interv, cond),
             num_draws=num_draws if shard_axis == "obs" else size,
         )
-        shapes = jax.eval_shape(entry.fn, *args_for(size, 0, min(size, total), 0))
-        stream_axis = 1 if shard_axis == "obs" else 0
+        entry = self._functions.get(
+            self._kernel, config, bound.extras, self._param_output, self._layout
+        )
+        shapes = jax.eval_shape(entry.fn, *probe_args)
+        stream_axis = plan.stream_axis
         layouts: dict[str, SiteLayout] = {}
         for name, sds in shapes.items():
             if shard_axis == "obs" and (len(sds.shape) < 2 or sds.shape[1] != size):
@@ -1185,26 +1306,124 @@ class ImpactModel:
             posterior=host_post,
             posterior_dims={k: self._dim_names(k, v.ndim - 1, {}) for k, v in host_post.items()},
         )
-        if return_datatree:
-            base = self._base_dir(output_dir) if store == "persistent" else None
-            sink = backend.make_sink(store=store, base_dir=base, progress=progress)
-        else:
-            sink = MemorySink()
-        ranges = split_range(total, size)
-
-        def launch(i: int, start: int, stop: int) -> dict[str, jax.Array]:
-            return entry.fn(*args_for(size, start, stop, i))
-
-        desc = f"{desc} [{', '.join(layouts)}]"
-        return stream(
-            ranges,
-            launch,
-            stream_axis=stream_axis,
-            sink=sink,
+        plan = dataclasses.replace(
+            plan,
+            config=config,
+            size=size,
+            ranges=split_range(total, size),
             info=info,
-            progress=progress,
-            desc=desc,
+            desc=f"{desc} [{', '.join(layouts)}]",
         )
+        return plan, dask_client
+
+    def _plan_config(self, plan: StreamPlan) -> BatchConfig:
+        """The plan's batch config, adapted to this host's devices (workers may differ)."""
+        ndev = self._layout.num_devices
+        sharded = ndev > 1 and plan.size % ndev == 0
+        if plan.config.sharded == sharded:
+            return plan.config
+        return dataclasses.replace(plan.config, sharded=sharded)
+
+    def _block_args(
+        self,
+        plan: StreamPlan,
+        i: int,
+        start: int,
+        rows: Mapping[str, Any],
+        *,
+        size: int | None = None,
+    ) -> tuple:
+        """Arguments of the batch function for batch ``i`` (rows already sliced on "obs")."""
+        size = plan.size if size is None else size
+        sharded = self._plan_config(plan).sharded if plan.size else self._layout.num_devices > 1
+        if plan.kind == "prior":
+            post: Mapping[str, Any] = plan.global_post
+        else:
+            post = self._placed_posterior()
+        if plan.shard_axis == "obs":
+            batch = {k: pad_rows(host_rows(v), size) for k, v in rows.items()}
+            if sharded:
+                batch = jax.device_put(batch, self._layout.partitioned)
+            return (post, (plan.key, i), batch, plan.intervention, plan.condition)
+        cache = plan.runtime
+        ident = ("inputs", tuple(id(v) for v in rows.values()), sharded)
+        if ident not in cache:
+            dev = {k: jnp.asarray(host_rows(v)) for k, v in rows.items()}
+            if sharded:
+                dev = jax.device_put(dev, self._layout.replicated)
+            cache[ident] = (dev, rows)
+        dev_arrays = cache[ident][0]
+        # Pad the posterior once per chunk size, then take each chunk with one
+        # jitted dispatch instead of an eager slice and pad per site.
+        padded_key = ("posterior", size, id(self._posterior))
+        if padded_key not in cache:
+            rows_total = math.ceil(plan.total / size) * size
+            cache[padded_key] = {k: pad_rows(v, rows_total) for k, v in post.items()}
+        chunk, idx = take_draws(cache[padded_key], start, size)
+        if sharded:  # shard_map on an explicit mesh needs inputs laid out as P("obs")
+            chunk, idx = jax.device_put((chunk, idx), self._layout.partitioned)
+        return (chunk, (plan.key, idx), dev_arrays, plan.intervention, plan.condition)
+
+    def _launch_block(
+        self, plan: StreamPlan, i: int, start: int, rows: Mapping[str, Any]
+    ) -> dict[str, jax.Array]:
+        config = self._plan_config(plan)
+        entry = self._functions.get(
+            self._kernel, config, plan.extras, self._param_output, self._layout
+        )
+        return entry.fn(*self._block_args(plan, i, start, rows))
+
+    def compute_block(
+        self,
+        plan: StreamPlan,
+        i: int,
+        start: int,
+        stop: int,
+        rows: Mapping[str, Any] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Compute one batch of a planned streamed call, as trimmed host arrays.
+
+        This is what a worker of a distributed run executes: the model and the
+        plan are shipped once, then each task passes its batch's input rows.
+
+        Args:
+            plan: The call's :class:`~aimz_core.plan.StreamPlan`.
+            i: Batch index (``plan.ranges[i] == (start, stop)``).
+            start: First entry of the batch along the stream axis.
+            stop: End of the batch along the stream axis.
+            rows: ``{argument: array}``: the input rows ``[start, stop)`` on the
+                ``"obs"`` path, the whole inputs on the ``"draw"`` path. Default:
+                sliced from ``plan.arrays``.
+
+        Returns:
+            ``{site: array}`` with ``stop - start`` entries along the stream axis.
+            On the ``"obs"`` path batch ``i`` uses the key ``fold_in(key, i)``; on
+            the ``"draw"`` path draw ``d`` uses ``fold_in(key, d)`` whatever the
+            batch, so the draws equal those of a single-process call.
+        """
+        if rows is None:
+            if plan.shard_axis == "obs":
+                rows = {k: host_rows(v, start, stop) for k, v in plan.arrays.items()}
+            else:
+                rows = plan.arrays
+        out = self._launch_block(plan, i, start, rows)
+        return {
+            k: trim_block(np.asarray(v), plan.stream_axis, stop - start) for k, v in out.items()
+        }
+
+    def _blocked_config(
+        self,
+        config: BatchConfig,
+        extras: dict[str, Any],
+        one_args: tuple,
+        num_draws: int | None = None,
+    ) -> BatchConfig:
+        """``config`` with the memory-safe draw block size set (when one is needed)."""
+        entry = self._functions.get(self._kernel, config, extras, self._param_output, self._layout)
+        block = draw_block_size(entry.one, one_args, num_draws or config.num_draws)
+        if block is None:
+            return config
+        return dataclasses.replace(config, draw_block=block)
 
     def _blocked(
         self,
@@ -1232,9 +1451,9 @@ class ImpactModel:
         )
         if not candidates:
             return {}
-        args = {**{k: v[:1] for k, v in bound.arrays.items()}, **bound.extras}
+        args = {**{k: host_rows(v, 0, 1) for k, v in bound.arrays.items()}, **bound.extras}
         args2 = {
-            **{k: pad_rows(v[:1], 2) for k, v in bound.arrays.items()},
+            **{k: pad_rows(host_rows(v, 0, 1), 2) for k, v in bound.arrays.items()},
             **bound.extras,
         }
 
@@ -1263,7 +1482,7 @@ class ImpactModel:
         entry = self._functions.get(
             self._kernel, config, bound.extras, self._param_output, self._layout
         )
-        probe = {k: jnp.asarray(v[:1]) for k, v in bound.arrays.items()}
+        probe = {k: jnp.asarray(host_rows(v, 0, 1)) for k, v in bound.arrays.items()}
         return entry.fn({}, (key, jnp.arange(num_draws)), probe, {}, {})
 
     def predict(
@@ -1281,6 +1500,9 @@ class ImpactModel:
         output_dir: str | Path | None = None,
         progress: bool = True,
         return_datatree: bool = True,
+        client: Any = None,
+        resume: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Posterior predictive draws for an input of any size, streamed in batches.
@@ -1301,9 +1523,22 @@ class ImpactModel:
             shard_axis: Stream over observations (``"obs"``) or draws (``"draw"``).
             batch_size: Rows (or draws) per batch; automatic by default.
             store: ``"persistent"`` (Zarr on disk) or ``"memory"``.
-            output_dir: Base directory for persistent output (default: temp dir).
+            output_dir: Base directory for persistent output (default: temp dir), or
+                an object-store URL (``s3://bucket/prefix``).
             progress: Show a progress bar.
             return_datatree: Return a DataTree, or ``{site: array}``.
+            client: A ``dask.distributed`` Client, or ``True`` to use the current one
+                (``distributed.get_client()``): batches run on its workers and each
+                writes its region of one preallocated Zarr store (needs
+                ``pip install "aimz-io[dask]"``). ``X`` may be a NumPy, Dask or Zarr
+                array. See the distributed user guide.
+            resume: Finish the newest incomplete store of the same call (same
+                arguments, ``rng_key`` and posterior) in ``output_dir``, computing
+                only its missing regions. Needs ``output_dir`` and, except for
+                ``log_likelihood``, an explicit ``rng_key``.
+            storage_options: fsspec options (credentials, ``client_kwargs``) when
+                ``output_dir`` is an object-store URL such as ``s3://bucket/prefix``
+                (needs ``pip install "aimz-io[s3]"``).
             **kwargs: Extra kernel arguments (arrays are batched with ``X``).
 
         Returns:
@@ -1331,6 +1566,9 @@ class ImpactModel:
             return_datatree=return_datatree,
             kwargs=kwargs,
             desc="Posterior predictive sampling",
+            client=client,
+            resume=resume,
+            storage_options=storage_options,
         )
 
     def sample_posterior_predictive(
@@ -1347,6 +1585,9 @@ class ImpactModel:
         output_dir: str | Path | None = None,
         progress: bool = True,
         return_datatree: bool = True,
+        client: Any = None,
+        resume: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Alias of :meth:`predict` with ``in_sample=True``.
@@ -1373,6 +1614,9 @@ class ImpactModel:
             return_datatree=return_datatree,
             kwargs=kwargs,
             desc="Posterior predictive sampling",
+            client=client,
+            resume=resume,
+            storage_options=storage_options,
         )
 
     def sample_prior_predictive(
@@ -1389,6 +1633,9 @@ class ImpactModel:
         output_dir: str | Path | None = None,
         progress: bool = True,
         return_datatree: bool = True,
+        client: Any = None,
+        resume: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Prior predictive draws for an input of any size, streamed in batches.
@@ -1419,6 +1666,9 @@ class ImpactModel:
             return_datatree=return_datatree,
             kwargs=kwargs,
             desc="Prior predictive sampling",
+            client=client,
+            resume=resume,
+            storage_options=storage_options,
         )
 
     def log_likelihood(
@@ -1433,6 +1683,9 @@ class ImpactModel:
         output_dir: str | Path | None = None,
         progress: bool = True,
         return_datatree: bool = True,
+        client: Any = None,
+        resume: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Pointwise log-likelihood of ``y`` under every posterior draw.
@@ -1459,6 +1712,9 @@ class ImpactModel:
             return_datatree=return_datatree,
             kwargs=kwargs,
             desc="Computing log-likelihood",
+            client=client,
+            resume=resume,
+            storage_options=storage_options,
         )
 
     # ------------------------------------------------------------------ effects
@@ -1550,6 +1806,9 @@ class ImpactModel:
                 "output_dir",
                 "progress",
                 "return_datatree",
+                "client",
+                "resume",
+                "storage_options",
             )
             if k in call
         }
@@ -1572,6 +1831,9 @@ class ImpactModel:
             return_datatree=named.get("return_datatree", True),
             kwargs=call,
             desc="Posterior predictive sampling",
+            client=named.get("client"),
+            resume=named.get("resume", False),
+            storage_options=named.get("storage_options"),
         )
 
     # ------------------------------------------------------------------ cleanup

@@ -34,8 +34,22 @@ def has_io_backend() -> bool:
     return importlib.util.find_spec("aimz_io") is not None
 
 
-def resolve_output_dir(output_dir: str | Path) -> Path:
-    """Expand and resolve a user-given output directory and create it."""
+def is_url(output_dir: object) -> bool:
+    """Whether ``output_dir`` is an object-store URL such as ``s3://bucket/prefix``.
+
+    Example:
+        >>> is_url("s3://bucket/runs"), is_url("runs/")
+        (True, False)
+    """
+    return (
+        isinstance(output_dir, str) and "://" in output_dir and not output_dir.startswith("file:")
+    )
+
+
+def resolve_output_dir(output_dir: str | Path) -> Path | str:
+    """Expand and resolve a user-given output directory and create it (URLs are kept)."""
+    if is_url(output_dir):
+        return str(output_dir)
     if not isinstance(output_dir, (str, Path)):
         raise TypeError(
             f"`output_dir` must be a path (str or pathlib.Path), got {type(output_dir).__name__}."

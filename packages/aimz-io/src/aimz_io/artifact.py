@@ -29,10 +29,55 @@ from aimz_io.provenance import base_attrs, path_attrs, utc_now
 
 #: Group attribute written last by a successful commit.
 COMPLETE_ATTR = "aimz_complete"
+#: Array of per-region completion flags of a distributed or resumable run.
+REGIONS_ARRAY = "_aimz_regions"
+#: Group attribute with the plan fingerprint of a distributed or resumable run.
+PLAN_ATTR = "aimz_plan"
 #: Group attributes that describe the store rather than the results.
-STORE_ATTRS = (COMPLETE_ATTR, "group")
+STORE_ATTRS = (COMPLETE_ATTR, "group", PLAN_ATTR)
 
 _CALLER = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def is_url(location: object) -> bool:
+    """Whether ``location`` is an fsspec URL (``s3://bucket/prefix``), not a local path.
+
+    Example:
+        >>> is_url("s3://bucket/runs"), is_url("/tmp/runs"), is_url("file:///tmp")
+        (True, False, False)
+    """
+    return isinstance(location, str) and "://" in location and not location.startswith("file:")
+
+
+def store_for(
+    location: str | Path,
+    *,
+    read_only: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """The Zarr store at ``location``: a ``LocalStore`` or, for a URL, an ``FsspecStore``.
+
+    Args:
+        location: A local directory or an fsspec URL such as ``s3://bucket/prefix``
+            (S3 needs ``pip install "aimz-io[s3]"``).
+        read_only: Open read-only.
+        storage_options: Options of the fsspec file system (credentials,
+            ``client_kwargs={"endpoint_url": ...}``); URLs only.
+    """
+    if is_url(location):
+        return zarr.storage.FsspecStore.from_url(
+            str(location), storage_options=dict(storage_options or {}), read_only=read_only
+        )
+    return zarr.storage.LocalStore(Path(location), read_only=read_only)
+
+
+def call_location(base: str | Path, caller: str) -> str | Path:
+    """A new per-call location under ``base``: a created directory, or a URL prefix."""
+    if is_url(base):
+        if not _CALLER.match(caller):
+            raise ValueError(f"`caller` must be a plain name, got {caller!r}.")
+        return f"{str(base).rstrip('/')}/{utc_now():%Y%m%dT%H%M%S%fZ}_{caller}"
+    return create_call_dir(Path(base), caller)
 
 
 def create_call_dir(base_dir: Path, caller: str) -> Path:
@@ -64,11 +109,13 @@ def create_call_dir(base_dir: Path, caller: str) -> Path:
     raise FileExistsError(f"Could not create a new output directory in {base_dir}.")
 
 
-def open_tree(path: str | Path) -> xr.DataTree:
+def open_tree(path: str | Path, *, storage_options: Mapping[str, Any] | None = None) -> xr.DataTree:
     """Reopen a persistent artifact written by the ``"persistent"`` sink, lazily.
 
     Args:
-        path: The per-call directory (the ``artifact_path`` attribute of a result).
+        path: The per-call directory (the ``artifact_path`` attribute of a result),
+            or its URL (``s3://bucket/prefix/<timestamp>_<caller>``).
+        storage_options: fsspec options for a URL (credentials, endpoint).
 
     Returns:
         A DataTree named ``"root"`` with the call's group (``posterior`` is kept in
@@ -83,19 +130,20 @@ def open_tree(path: str | Path) -> xr.DataTree:
     Example:
         >>> tree = open_tree(result.attrs["artifact_path"])  # doctest: +SKIP
     """
-    return read_artifact(Path(path))
+    return read_artifact(path, storage_options=storage_options)
 
 
 def read_artifact(
-    path: Path,
+    path: str | Path,
     *,
     posterior: Mapping[str, np.ndarray] | None = None,
     posterior_dims: Mapping[str, Sequence[str]] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xr.DataTree:
     """Lazy DataTree of a complete artifact, with an in-memory ``posterior`` group.
 
     Args:
-        path: The per-call directory.
+        path: The per-call directory, or its URL.
         posterior: Posterior samples (flattened draw axis) to put first in the tree.
         posterior_dims: Dims of the posterior sites after the draw axis.
 
@@ -106,13 +154,31 @@ def read_artifact(
     Example:
         >>> tree = read_artifact(Path(result.attrs["artifact_path"]))  # doctest: +SKIP
     """
-    path = Path(path).expanduser().resolve()
-    group = _open_group(path)
+    url = is_url(path)
+    if url:
+        path = str(path).rstrip("/")
+        store = store_for(path, read_only=True, storage_options=storage_options)
+    else:
+        path = Path(path).expanduser().resolve()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"No aimz artifact at {str(path)!r}: the directory does not exist (was "
+                "it removed by `ImpactModel.cleanup()`?)."
+            )
+        store = zarr.storage.LocalStore(path, read_only=True)
+    group = _open_group(store, path)
     stored = dict(group.attrs)
     if stored.get(COMPLETE_ATTR) is not True:
+        detail = ""
+        if REGIONS_ARRAY in set(group.array_keys()):
+            flags = np.asarray(zarr.open_array(store, path=REGIONS_ARRAY, mode="r")[...])
+            detail = (
+                f" {int(flags.sum())} of {flags.size} regions are written; rerun the same "
+                "call with `resume=True` to compute the missing ones."
+            )
         raise ValueError(
             f"The aimz artifact {str(path)!r} is incomplete (no {COMPLETE_ATTR!r} "
-            "marker): the call that wrote it failed or has not finished."
+            f"marker): the call that wrote it failed or has not finished.{detail}"
         )
     num_chains = int(stored["num_chains"])
     attrs = {k: v for k, v in stored.items() if k not in STORE_ATTRS}
@@ -122,10 +188,12 @@ def read_artifact(
 
     arrays, dims = {}, {}
     for name in sorted(group.array_keys()):
-        array = _open_array(path, name)
+        if name == REGIONS_ARRAY:
+            continue
+        array = _open_array(store, name)
         stored_dims = tuple(array.metadata.dimension_names or ())
         dims[name] = stored_dims[1:]
-        arrays[name] = _lazy_data(array, num_chains, path)
+        arrays[name] = _lazy_data(array, num_chains, None if url else path)
     datasets = {}
     if posterior:
         datasets["posterior"] = dataset_from_arrays(
@@ -135,14 +203,9 @@ def read_artifact(
     return assemble_tree(datasets, attrs)
 
 
-def _open_group(path: Path) -> Any:
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"No aimz artifact at {str(path)!r}: the directory does not exist (was "
-            "it removed by `ImpactModel.cleanup()`?)."
-        )
+def _open_group(store: Any, path: str | Path) -> Any:
     try:
-        group = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r")
+        group = zarr.open_group(store, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
         raise ValueError(f"{str(path)!r} is not a Zarr group written by aimz.") from err
     if group.metadata.zarr_format != 3 or "num_chains" not in group.attrs:
@@ -150,15 +213,14 @@ def _open_group(path: Path) -> Any:
     return group
 
 
-def _open_array(path: Path, name: str) -> Any:
-    store = zarr.storage.LocalStore(path, read_only=True)
+def _open_array(store: Any, name: str) -> Any:
     try:
         return zarr.open_array(store, path=name, mode="r", config={"read_missing_chunks": False})
     except TypeError:  # zarr without `read_missing_chunks`: the path check remains
         return zarr.open_array(store, path=name, mode="r")
 
 
-def _lazy_data(array: Any, num_chains: int, path: Path) -> Any:
+def _lazy_data(array: Any, num_chains: int, path: Path | None) -> Any:
     """Dask array over the stored chunks, or a lazily indexed array without Dask."""
     reader = ChainDrawArray(array, num_chains, path)
     if not has_dask():

@@ -3,6 +3,7 @@
 * :func:`make_sink`: where a streamed call's blocks go (Zarr on disk or memory);
 * :func:`tree_from_arrays`: DataTree of on-batch results;
 * :func:`open_tree`: reopen a persistent artifact;
+* :func:`resolve_client` / :func:`run_distributed`: Dask and resumable runs;
 * :func:`effect_tree` / :func:`summarize_effect`: effects of interventions.
 """
 
@@ -15,6 +16,7 @@ from aimz_core.sinks import Sink
 
 from aimz_io.artifact import open_tree
 from aimz_io.datatree import tree_from_arrays
+from aimz_io.distributed import resolve_client, run_distributed
 from aimz_io.effects import effect_tree
 from aimz_io.memory_sink import MemoryTreeSink
 from aimz_io.summary import format_summary, summarize_effect
@@ -69,6 +71,8 @@ __all__ = [
     "format_summary",
     "make_sink",
     "open_tree",
+    "resolve_client",
+    "run_distributed",
     "summarize_effect",
     "tree_from_arrays",
 ]

@@ -105,15 +105,10 @@ class ZarrSink(Sink):
         self._state = "open"
         self._info = info
         try:
-            dims = resolve_dims(
-                {name: layout.shape[1:] for name, layout in info.sites.items()},
-                {name: layout.dims for name, layout in info.sites.items()},
-            )
             self.path = create_call_dir(self.base_dir, info.caller)
             group = zarr.open_group(zarr.storage.LocalStore(self.path), mode="w", zarr_format=3)
-            for name, layout in info.sites.items():
-                self._arrays[name] = _create_array(group, layout, dims[name])
-                self._written[name] = 0
+            self._arrays = create_site_arrays(group, info)
+            self._written = dict.fromkeys(self._arrays, 0)
             self._pool = WriterPool(
                 num_threads=self._num_writers,
                 max_bytes=BLOCKS_IN_FLIGHT * sum(map(_block_bytes, info.sites.values())),
@@ -155,14 +150,7 @@ class ZarrSink(Sink):
             self._check_complete()
             group = zarr.open_group(zarr.storage.LocalStore(self.path), mode="r+")
             info = self._info
-            group.attrs.update(
-                {
-                    **info.attrs,
-                    **base_attrs(info.num_chains),
-                    "group": info.group,
-                    "caller": info.caller,
-                }
-            )
+            group.attrs.update(store_attrs(info))
             group.attrs.update({COMPLETE_ATTR: True})
             tree = read_artifact(
                 self.path, posterior=info.posterior, posterior_dims=info.posterior_dims
@@ -196,6 +184,28 @@ class ZarrSink(Sink):
                     f"Site {name!r} received {self._written[name]} of {size} entries "
                     f"along axis {layout.stream_axis}; the output would be incomplete."
                 )
+
+
+def store_attrs(info: StreamInfo) -> dict[str, Any]:
+    """Group attributes of a call's store (all but the completion marker)."""
+    return {
+        **info.attrs,
+        **base_attrs(info.num_chains),
+        "group": info.group,
+        "caller": info.caller,
+    }
+
+
+def create_site_arrays(group: Any, info: StreamInfo) -> dict[str, Any]:
+    """Preallocate one array per site of ``info`` in ``group``, chunked by batch.
+
+    Used by :class:`ZarrSink` and by distributed runs (:mod:`aimz_io.distributed`).
+    """
+    dims = resolve_dims(
+        {name: layout.shape[1:] for name, layout in info.sites.items()},
+        {name: layout.dims for name, layout in info.sites.items()},
+    )
+    return {name: _create_array(group, layout, dims[name]) for name, layout in info.sites.items()}
 
 
 def _block_bytes(layout: SiteLayout) -> int:
