@@ -117,14 +117,15 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         M._OUT.cleanup()
     meta["elapsed_s"] = time.perf_counter() - t_start
-    text = render(
-        meta, results, first_calls, {"quick": args.quick, "repeats": repeats, "argv": raw_argv}
-    )
+    run_args = {"quick": args.quick, "repeats": repeats, "argv": raw_argv}
+    text = render(meta, results, first_calls, run_args)
     out = Path(args.out)
     out.write_text(text)
     out.with_suffix(".json").write_text(
         json.dumps(
-            {"meta": meta, "results": results, "first_calls": first_calls}, indent=1, default=str
+            {"meta": meta, "args": run_args, "results": results, "first_calls": first_calls},
+            indent=1,
+            default=str,
         )
     )
     log(f"wrote {out} and {out.with_suffix('.json')} in {meta['elapsed_s'] / 60:.1f} min")

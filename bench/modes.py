@@ -6,10 +6,12 @@ import shutil
 import tempfile
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import random
 from numpyro import handlers
@@ -22,10 +24,15 @@ MODES = {
     "zarr": "`predict(X)` to Zarr (store='persistent', output_dir in a temp dir)",
     "memory": "`predict(X, store='memory')` (in-memory DataTree)",
     "dict": "`predict(X, return_datatree=False)` (core MemorySink, dict of arrays)",
-    "on_batch": "`predict_on_batch(X, return_datatree=False)` (one vmap over all draws)",
+    "on_batch": "`predict_on_batch(X, return_datatree=False)` (all rows at once; draws in the "
+    "engine's blocks)",
     "predictive": "NumPyro `Predictive(kernel, posterior_samples)(key, X=X)` on the full array",
-    "floor": "compute floor: jitted vmap-over-draws forward pass, batch by batch, "
-    "same batch size as the engine, copied to host and discarded",
+    "floor": "compute floor: the engine's per-draw forward pass (`forward_draw`) with the "
+    "engine's plan (batch size and draw block: `lax.map(batch_size=block)` as "
+    "`planning.draw_block_size` picks it, one vmap when all draws fit), batch by batch, "
+    "two in flight, copied to host and discarded",
+    "floor_vmap": "reference only: the floor with one vmap over all draws of a batch "
+    "(the pre-e6f432b floor; run when the engine blocks draws and the vmap is cheap)",
 }
 ENGINE_MODES = ("zarr", "memory", "dict")
 
@@ -37,49 +44,137 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)], axis=0)
 
 
-class Floor:
-    """The same per-draw forward pass as the engine, with no sink and no I/O.
+def _pad_dev(x: jax.Array, size: int) -> jax.Array:
+    n = x.shape[0]
+    if n == size:
+        return x
+    return jnp.concatenate([x, jnp.repeat(x[-1:], size - n, axis=0)], axis=0)
 
-    ``trace(seed(substitute(kernel, draw), key))`` for one draw, vmapped over the
-    draws of a batch and jitted once; batches of the engine's size (the last one
-    padded like the engine pads it), two in flight, each copied to host and dropped.
+
+@partial(jax.jit, static_argnums=2)
+def _take(post: dict[str, jax.Array], start: Any, size: int) -> tuple[dict, jax.Array]:
+    """Draws ``[start, start + size)`` of a padded posterior and their indices (jitted)."""
+    chunk = {k: jax.lax.dynamic_slice_in_dim(v, start, size) for k, v in post.items()}
+    return chunk, start + jnp.arange(size)
+
+
+def _one_draw(kernel: Callable, site: str) -> Callable:
+    """The engine's per-draw forward pass (``aimz_core.sampling.forward_draw``)."""
+    try:
+        from aimz_core.sampling import forward_draw
+    except ImportError:  # engine being refactored: the same pass, spelled out
+        forward_draw = None
+
+    if forward_draw is not None:
+
+        def one(key, draw, X):
+            return forward_draw(kernel, key, draw, {"X": X}, return_sites=(site,))
+
+    else:
+
+        def one(key, draw, X):
+            model = handlers.substitute(handlers.mask(kernel, mask=False), data=dict(draw))
+            tr = handlers.trace(handlers.seed(model, key)).get_trace(X=X)
+            return {site: tr[site]["value"]}
+
+    return one
+
+
+def floor_draw_block(
+    kernel: Callable,
+    post: dict[str, Any],
+    X: np.ndarray,
+    size: int,
+    shard_axis: str,
+    site: str = "y",
+) -> int | None:
+    """The draw block the engine picks for this plan (``planning.draw_block_size``).
+
+    Called with the same arguments as the engine's ``ImpactModel._blocked``: one
+    draw, the probe batch (``size`` padded rows on the obs path, every row on the
+    draw path) and the draws vectorised per batch (all of them on the obs path,
+    ``size`` on the draw path).
+    """
+    from aimz_core.planning import draw_block_size
+
+    one = _one_draw(kernel, site)
+    num_draws = next(iter(post.values())).shape[0]
+    first = {k: jnp.asarray(v[0]) for k, v in post.items()}
+    if shard_axis == "obs":
+        Xb, nd = _pad(X[:size], size), num_draws
+    else:
+        Xb, nd = X, size
+    return draw_block_size(one, (random.key(0), first, jnp.asarray(Xb)), nd)
+
+
+class Floor:
+    """The same per-draw forward pass and plan as the engine, with no sink and no I/O.
+
+    ``aimz_core.sampling.forward_draw`` for one draw, over the draws of a batch the
+    way the engine does it: ``jax.lax.map(..., batch_size=block)`` with the engine's
+    draw block (``planning.draw_block_size``, see :func:`floor_draw_block`), or one
+    ``vmap`` when the block is ``None`` (all draws fit). Keys are derived like the
+    engine's (obs: ``fold_in(key, batch)`` split per draw; draw: ``fold_in(key,
+    draw)``); the draw path pads the device posterior once per call and takes each
+    chunk with one jitted slice, like the engine. Batches of the engine's size (the
+    last one padded), two in flight, each copied to host and dropped.
     """
 
     def __init__(
-        self, kernel: Callable, post: dict[str, np.ndarray], shard_axis: str, site: str = "y"
+        self,
+        kernel: Callable,
+        post: dict[str, np.ndarray],
+        shard_axis: str,
+        block: int | None,
+        site: str = "y",
     ) -> None:
         self.shard_axis = shard_axis
-        self.post_host = post
+        self.block = block
         self.post_dev = jax.device_put(post)
         self.num_draws = next(iter(post.values())).shape[0]
+        one = _one_draw(kernel, site)
 
-        def one(key, draw, X):
-            model = handlers.seed(handlers.substitute(kernel, data=draw), key)
-            return handlers.trace(model).get_trace(X=X)[site]["value"]
+        def over_draws(keys, draws, X):
+            if block is None or block >= keys.shape[0]:
+                return jax.vmap(one, in_axes=(0, 0, None))(keys, draws, X)
+            return jax.lax.map(lambda kd: one(kd[0], kd[1], X), (keys, draws), batch_size=block)
 
-        vone = jax.vmap(one, in_axes=(0, 0, None))
         if shard_axis == "obs":
             num_draws = self.num_draws
 
-            def obs_fn(post, key, X):
-                return vone(random.split(key, num_draws), post, X)
+            def obs_fn(post, key_index, X):
+                key, index = key_index
+                keys = random.split(random.fold_in(key, index), num_draws)
+                return over_draws(keys, post, X)
 
             self.fn = jax.jit(obs_fn)
         else:
 
-            def draw_fn(post, key, idx, X):
-                return vone(jax.vmap(random.fold_in, in_axes=(None, 0))(key, idx), post, X)
+            def draw_fn(post, key_idx, X):
+                key, idx = key_idx
+                keys = jax.vmap(random.fold_in, in_axes=(None, 0))(key, idx)
+                return over_draws(keys, post, X)
 
             self.fn = jax.jit(draw_fn)
+
+    def _args(self, X: Any, size: int, start: int, stop: int, i: int, key, padded=None) -> tuple:
+        if self.shard_axis == "obs":
+            return (self.post_dev, (key, i), _pad(X[start:stop], size))
+        chunk, idx = _take(padded, start, size)
+        return (chunk, (key, idx), X)
+
+    def _padded(self, size: int) -> dict[str, jax.Array]:
+        rows = -(-self.num_draws // size) * size
+        return {k: _pad_dev(v, rows) for k, v in self.post_dev.items()}
 
     def temp_bytes(self, X: np.ndarray, size: int) -> int | None:
         """XLA's temporary buffer size for one batch (``memory_analysis``), if known."""
         try:
+            key = random.key(0)
             if self.shard_axis == "obs":
-                args = (self.post_dev, random.key(0), _pad(X[:size], size))
+                args = self._args(X, size, 0, min(size, len(X)), 0, key)
             else:
-                chunk = {k: _pad(v[:size], size) for k, v in self.post_host.items()}
-                args = (chunk, random.key(0), np.arange(size), X)
+                args = self._args(jnp.asarray(X), size, 0, size, 0, key, self._padded(size))
             analysis = self.fn.lower(*args).compile().memory_analysis()
             return int(analysis.temp_size_in_bytes)
         except Exception:  # not every backend reports it
@@ -88,21 +183,20 @@ class Floor:
     def __call__(self, X: np.ndarray, size: int, key: jax.Array, depth: int = 2) -> None:
         total = X.shape[0] if self.shard_axis == "obs" else self.num_draws
         ranges = [(s, min(s + size, total)) for s in range(0, total, size)]
-        keys = random.split(key, len(ranges))
-        X_dev = jax.device_put(X) if self.shard_axis == "draw" else None
+        padded = None
+        if self.shard_axis == "draw":
+            X = jnp.asarray(X)
+            padded = self._padded(size)
         pending: deque = deque()
         for i, (start, stop) in enumerate(ranges):
-            if self.shard_axis == "obs":
-                out = self.fn(self.post_dev, keys[i], _pad(X[start:stop], size))
-            else:
-                chunk = {k: _pad(v[start:stop], size) for k, v in self.post_host.items()}
-                out = self.fn(chunk, keys[i], np.arange(start, start + size), X_dev)
-            out.copy_to_host_async()
+            out = self.fn(*self._args(X, size, start, stop, i, key, padded))
+            for v in out.values():
+                v.copy_to_host_async()
             pending.append(out)
             if len(pending) >= depth:
-                np.asarray(pending.popleft())
+                [np.asarray(v) for v in pending.popleft().values()]
         while pending:
-            np.asarray(pending.popleft())
+            [np.asarray(v) for v in pending.popleft().values()]
 
 
 def run_mode(
@@ -134,7 +228,7 @@ def run_mode(
             return {k: np.asarray(v) for k, v in predictive(key, X=X).items()}
 
         return run
-    if mode == "floor":
+    if mode in ("floor", "floor_vmap"):
         assert floor is not None and batch_size is not None
         return lambda: floor(X, batch_size, key)
     raise ValueError(mode)

@@ -196,11 +196,24 @@ def targets(results: list[dict[str, Any]], first_calls: list[dict[str, Any]]) ->
             )
             continue
         r1, r2 = fc["runs"]
+        detail = ""
+        if "compile_s" in r1:
+            detail = (
+                f"; #1: trace {r1['trace_s']:.2f}s + lower {r1['lower_s']:.2f}s + compile "
+                f"{r1['compile_s']:.2f}s; #2: trace {r2['trace_s']:.2f}s + lower "
+                f"{r2['lower_s']:.2f}s + compile {r2['compile_s']:.2f}s, cache hits "
+                f"{r2['cache_hits']}/{r2['cache_hits'] + r2['cache_misses']}; "
+                f"import aimz {r1.get('import_aimz_s', float('nan')):.2f}s, all imports "
+                f"{r1['import_s']:.2f}s + I/O imports {r1.get('io_import_s', 0):.2f}s "
+                f"(not in the first call); imports + first call "
+                f"{r1['import_s'] + r1.get('io_import_s', 0) + r1['first_s']:.1f}s -> "
+                f"{r2['import_s'] + r2.get('io_import_s', 0) + r2['first_s']:.1f}s"
+            )
         rows.append(
             (
                 "first call in 2nd fresh process >= 3x faster (persistent cache)",
                 fc["case"],
-                f"{r1['first_s']:.2f}s -> {r2['first_s']:.2f}s ({fc['speedup']:.2f}x)",
+                f"{r1['first_s']:.2f}s -> {r2['first_s']:.2f}s ({fc['speedup']:.2f}x){detail}",
                 status(fc["speedup"] >= 3),
             )
         )
@@ -267,6 +280,8 @@ def render(
                 f"Engine plan: {p['batch_size']} {axis} per batch, {p['n_batches']} batch(es), "
                 f"{p['batch_out_bytes'] / MiB:.1f} MiB output per batch, "
                 f"{temp}"
+                f"draw block {p.get('draw_block') or 'none (one vmap)'} (engine's cached "
+                f"predict configs: {p.get('engine_draw_blocks', '?')}), "
                 f"{100 * p['padded_frac']:.1f}% padded work, {p['depth']} batches in flight; "
                 f"first call in this process {p['first_call_in_process_s']:.2f}s "
                 f"(floor compile+1 batch {p['floor_compile_s']:.2f}s).",
@@ -325,12 +340,21 @@ def render(
         out += [
             "## First call in a fresh process",
             "",
-            "Two processes one after the other (same `XDG_CACHE_HOME`, empty before the "
-            "first): import time, first `predict` (compile included), second `predict` "
-            "in the same process.",
+            "Two processes one after the other, with one fresh cache directory "
+            "(`AIMZ_CACHE_DIR`, empty before process #1, the same for #2): import time "
+            "(`import aimz` alone, then everything: JAX, NumPyro, the workloads), first "
+            "`predict` (compile included) split by JAX's monitoring events into tracing, "
+            "lowering to MLIR and backend compilation (persistent-cache hits/misses and "
+            "files in the cache after the process), second `predict` in the same process.",
             "",
-            "| case | mode | process | import s | first call s | second call s |",
-            "|---|---|---|---:|---:|---:|",
+            "I/O imports (`aimz_io`, xarray, pandas, zarr, dask's chunk manager; the first "
+            "Zarr `predict` would import them lazily) are timed apart, before the first "
+            "call.",
+            "",
+            "| case | mode | process | import aimz s | import all s | I/O imports s | "
+            "first call s | "
+            "trace s | lower s | compile s | cache hit/miss | cache files | second call s |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
         ]
         for fc in first_calls:
             if "error" in fc:
@@ -339,7 +363,12 @@ def render(
             for i, r in enumerate(fc["runs"], 1):
                 out.append(
                     f"| {fc['case']} ({fc['draws']}x{fc['rows']}) | {fc['mode']} | #{i} | "
-                    f"{r['import_s']:.2f} | {r['first_s']:.2f} | {r['second_s']:.3f} |"
+                    f"{_f(r.get('import_aimz_s'), '{:.2f}')} | {r['import_s']:.2f} | "
+                    f"{_f(r.get('io_import_s'), '{:.2f}')} | "
+                    f"{r['first_s']:.2f} | {_f(r.get('trace_s'), '{:.2f}')} | "
+                    f"{_f(r.get('lower_s'), '{:.2f}')} | {_f(r.get('compile_s'), '{:.2f}')} | "
+                    f"{r.get('cache_hits', '-')}/{r.get('cache_misses', '-')} | "
+                    f"{r.get('cache_files_after', '-')} | {r['second_s']:.3f} |"
                 )
         out.append("")
     out += [
@@ -359,3 +388,59 @@ def render(
             "",
         ]
     return "\n".join(out)
+
+
+def _shift_headings(text: str) -> str:
+    return "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+
+
+def combine(runs: list[tuple[str, dict[str, Any]]], notes: str | None = None) -> str:
+    """One report from several runs' JSON (e.g. quick and full), each section labelled."""
+    out = ["# aimz benchmark results", ""]
+    out.append(
+        "This file holds "
+        + ", ".join(
+            f"**{label}** (`python -m bench {d.get('args', {}).get('argv', '?')}`, "
+            f"{d['meta']['machine']['date']})"
+            for label, d in runs
+        )
+        + ". Each part below is that run's own report; its target table is computed "
+        "from its own figures (`report.targets`)."
+    )
+    out.append("")
+    if notes:
+        out += [notes.strip(), ""]
+    for label, d in runs:
+        args = d.get("args") or {"quick": False, "repeats": 1, "argv": "?"}
+        text = render(d["meta"], d["results"], d["first_calls"], args)
+        text = text.replace("# aimz benchmark results", f"# {label}", 1)
+        out += [_shift_headings(text), ""]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.report LABEL=RUN.json ... [--notes NOTES.md] --out RESULTS.md``.
+
+    Writes the combined Markdown and, next to it, ``{label: run}`` as JSON.
+    """
+    import argparse
+    import json
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="python -m bench.report")
+    p.add_argument("runs", nargs="+", help="LABEL=PATH.json (a run's raw figures)")
+    p.add_argument("--notes", help="Markdown inserted after the header (analysis)")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    runs = []
+    for item in a.runs:
+        label, path = item.split("=", 1)
+        runs.append((label, json.loads(Path(path).read_text())))
+    notes = Path(a.notes).read_text() if a.notes else None
+    out = Path(a.out)
+    out.write_text(combine(runs, notes))
+    out.with_suffix(".json").write_text(json.dumps(dict(runs), indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

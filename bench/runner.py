@@ -117,11 +117,26 @@ def run_case(
             f"{nb} batches, {rec.batch_out_bytes / MiB:.1f} MiB/batch; first call {first.wall:.2f}s"
         )
 
-        floor = M.Floor(model.kernel, M_post(model), case.shard_axis)
+        host_post = M_post(model)
+        block = M.floor_draw_block(model.kernel, host_post, X, size, case.shard_axis)
+        eng_blocks = engine_draw_blocks(model)
+        result["plan"]["draw_block"] = block
+        result["plan"]["engine_draw_blocks"] = eng_blocks
+        if eng_blocks and max(b or 0 for b in eng_blocks) != (block or 0):
+            log(f"  WARNING: floor draw block {block} != engine's {eng_blocks}")
+        floor = M.Floor(model.kernel, host_post, case.shard_axis, block)
         t0 = time.perf_counter()
         floor(X[: min(len(X), size)] if case.shard_axis == "obs" else X, size, key)
         result["plan"]["floor_compile_s"] = time.perf_counter() - t0
         result["plan"]["batch_temp_bytes"] = floor.temp_bytes(X, size)
+        per_batch_draws = case.draws if case.shard_axis == "obs" else size
+        per_batch_rows = size if case.shard_axis == "obs" else case.rows
+        vmap_est = per_batch_draws * per_batch_rows * case.inter_per_cell
+        floors = {"floor": floor}
+        log(
+            f"  floor: draw block {block} (engine configs: {eng_blocks}), "
+            f"XLA temporaries {(result['plan']['batch_temp_bytes'] or 0) / MiB:.0f} MiB/batch"
+        )
 
         active = []
         for mode in modes:
@@ -137,14 +152,29 @@ def run_case(
                     f"estimated {case.predictive_bytes() / 2**30:.1f} GiB "
                     f"> limit {mem_limit / 2**30:.0f} GiB"
                 )
+            elif mode == "floor_vmap" and block is None:
+                result["skipped"][mode] = "the engine vmaps all draws too (same as floor)"
+            elif mode == "floor_vmap" and vmap_est > VMAP_FLOOR_LIMIT:
+                result["skipped"][mode] = (
+                    f"estimated vmap temporaries {vmap_est / 2**30:.1f} GiB/batch "
+                    f"> {VMAP_FLOOR_LIMIT / 2**30:.0f} GiB"
+                )
             else:
+                if mode == "floor_vmap":
+                    floors[mode] = M.Floor(model.kernel, host_post, case.shard_axis, None)
                 active.append(mode)
         for mode, why in result["skipped"].items():
             log(f"  skip {mode}: {why}")
 
         runners = {
             m: M.run_mode(
-                m, model, X, shard_axis=case.shard_axis, floor=floor, batch_size=size, key=key
+                m,
+                model,
+                X,
+                shard_axis=case.shard_axis,
+                floor=floors.get(m),
+                batch_size=size,
+                key=key,
             )
             for m in active
         }
@@ -155,7 +185,9 @@ def run_case(
         for mode in active:
             if mode in ("dict", "floor"):
                 continue
-            if mode in ("zarr", "memory"):
+            if mode == "floor_vmap":
+                warm = runners[mode]  # compiles
+            elif mode in ("zarr", "memory"):
                 if case.shard_axis == "obs":
                     warm = M.run_mode(
                         mode,
@@ -242,9 +274,29 @@ def run_case(
 
         if profile and profile in runners:
             result["profile"] = profile_call(runners[profile], case, profile, profile_dir)
-    del model, floor, runners
+    del model, floor, floors, runners
     gc.collect()
     return result
+
+
+#: Largest estimated vmap-over-draws temporaries for which ``floor_vmap`` runs.
+VMAP_FLOOR_LIMIT = 2**30
+
+
+def engine_draw_blocks(model: Any) -> list[int | None]:
+    """Draw blocks of the engine's cached ``predict`` batch functions (introspection)."""
+    try:
+        entries = model._functions._entries
+        return sorted(
+            {c.draw_block for c in entries if getattr(c, "kind", None) == "predict"},
+            key=lambda b: -1 if b is None else b,
+        )
+    except Exception:
+        return []
+
+
+def _count_files(path: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(path)) if path.is_dir() else 0
 
 
 def M_post(model: Any) -> dict[str, np.ndarray]:
@@ -286,7 +338,12 @@ def first_call(case: Case, base_post: dict[str, np.ndarray], io_ok: bool) -> dic
         }
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
         env = dict(os.environ)
-        env["XDG_CACHE_HOME"] = str(Path(tmp) / "cache")  # any default cache starts empty
+        # One fresh, empty cache for process #1, the same directory for process #2.
+        cache = Path(tmp) / "cache"
+        env["XDG_CACHE_HOME"] = str(cache / "xdg")
+        env["AIMZ_CACHE_DIR"] = str(cache / "aimz-jax")
+        for var in ("AIMZ_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR"):
+            env.pop(var, None)
         root = Path(__file__).resolve().parent.parent
         runs = []
         for _ in range(2):
@@ -303,8 +360,12 @@ def first_call(case: Case, base_post: dict[str, np.ndarray], io_ok: bool) -> dic
             if proc.returncode != 0:
                 return {"error": proc.stderr[-2000:]}
             line = proc.stdout.strip().splitlines()[-1]
-            runs.append(json.loads(line) | {"process_s": total})
+            runs.append(
+                json.loads(line)
+                | {"process_s": total, "cache_files_after": _count_files(cache / "aimz-jax")}
+            )
     return {
+        "cache_dir_fresh": True,
         "mode": spec["mode"],
         "case": case.name,
         "draws": case.draws,

@@ -88,8 +88,10 @@ class Case:
         return self.cells * 4
 
     def on_batch_bytes(self) -> int:
-        """Estimated peak of ``predict_on_batch`` (vmap over every draw and row)."""
-        return self.cells * (4 + self.inter_per_cell) + self.posterior_bytes()
+        """Estimated peak of ``predict_on_batch``: every row at once, draws vectorised in
+        the engine's blocks (``planning.draw_block_size``: intermediates <= 32 MiB per
+        block), so the output (and one copy of it) plus the posterior plus the block."""
+        return 2 * self.out_bytes + self.posterior_bytes() + 64 * 2**20
 
     def predictive_bytes(self) -> int:
         """Estimated peak of NumPyro ``Predictive`` (``lax.map`` over draws)."""
