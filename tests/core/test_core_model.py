@@ -292,16 +292,16 @@ def test_array_kwarg_batched_with_X_and_static_extra(kw_model, data):
     np.testing.assert_allclose(draw["mu"], expected, rtol=1e-5, atol=1e-5)
 
     # the extra is static: a new value compiles a new function, the same value does not
-    n_functions = len(kw_model._functions)
+    n_functions = kw_model._functions.compiled()
     again = kw_model.predict(
         X, z=z, shift=2.0, batch_size=25, return_sites="mu", progress=False, return_datatree=False
     )
-    assert len(kw_model._functions) == n_functions
+    assert kw_model._functions.compiled() == n_functions
     np.testing.assert_array_equal(again["mu"], streamed["mu"])
     other = kw_model.predict(
         X, z=z, shift=-1.0, batch_size=25, return_sites="mu", progress=False, return_datatree=False
     )
-    assert len(kw_model._functions) == n_functions + 1
+    assert kw_model._functions.compiled() == n_functions + 1
     np.testing.assert_allclose(other["mu"], expected - 3.0, rtol=1e-5, atol=1e-5)
 
 

@@ -134,6 +134,11 @@ class FunctionCache:
             self._entries[config] = entry
         return entry
 
+    def compiled(self) -> int:
+        """Number of compiled executables across entries (entries only traced for
+        planning, such as the unblocked twin of a blocked function, count 0)."""
+        return sum(entry.fn._cache_size() for entry in self._entries.values())
+
     def clear(self) -> None:
         """Forget every compiled function."""
         self._entries.clear()

@@ -64,6 +64,16 @@ def balanced_batch_size(size: int, total: int, num_devices: int) -> int:
 
 #: Bytes of intermediate values one vectorised block of draws may allocate.
 TEMP_BYTES_PER_BLOCK = 32 * 2**20
+#: Working set one block aims for: small enough to stay in the CPU caches. Measured
+#: on 1000 draws x 100K rows (bench.blocksweep): the linear model runs 1.8x faster
+#: with 16 draws per block (~1 MiB) than with 503 (~32 MiB), the observation-level
+#: latent model 1.7x faster with 2-4 draws (~3-6 MiB) than with 20.
+CACHE_BYTES_PER_BLOCK = 4 * 2**20
+#: Draws per block never drop below this unless memory demands it: the MLP (7 MB
+#: per draw) is fastest at 4 draws per block (3.30 s vs 3.73 s with 1).
+MIN_DRAWS_PER_BLOCK = 4
+#: Larger blocks stopped paying in every measured case.
+MAX_DRAWS_PER_BLOCK = 16
 #: Intermediates assumed alive at once, relative to the largest one.
 LIVE_FACTOR = 4
 
@@ -92,20 +102,29 @@ def _largest_value_bytes(jaxpr: Any) -> int:
 def draw_block_size(
     one_draw: Any, args: tuple, num_draws: int, budget: int = TEMP_BYTES_PER_BLOCK
 ) -> int | None:
-    """How many draws to vectorise at once so intermediates stay within ``budget``.
+    """How many draws to vectorise at once.
 
-    Traces ``one_draw(*args)`` (a single draw, no compilation), finds its largest
-    intermediate value and returns ``None`` when all draws fit at once, otherwise a
-    block size for ``jax.lax.map(..., batch_size=block)``.
+    Traces ``one_draw(*args)`` (a single draw, no compilation) and finds its largest
+    intermediate value. A block holds as many draws as fit in
+    :data:`CACHE_BYTES_PER_BLOCK` (clamped to ``MIN_DRAWS_PER_BLOCK`` ..
+    ``MAX_DRAWS_PER_BLOCK``) and never more than fit in ``budget``. Returns ``None``
+    when one block covers every draw (plain ``vmap``), otherwise the block size for
+    ``jax.lax.map(..., batch_size=block)``.
 
     Example:
         >>> import jax.numpy as jnp
         >>> f = lambda x: {"y": jnp.tanh(x[:, None] * jnp.ones(1000)).sum(1)}
         >>> draw_block_size(f, (jnp.ones(10_000),), 1000, budget=2**28)
         1
+        >>> draw_block_size(f, (jnp.ones(10),), 1000)
+        16
+        >>> draw_block_size(f, (jnp.ones(10),), 8) is None
+        True
     """
     closed = jax.make_jaxpr(one_draw)(*args)
-    per_draw = LIVE_FACTOR * _largest_value_bytes(closed.jaxpr)
-    if per_draw * num_draws <= budget:
-        return None
-    return max(1, budget // max(1, per_draw))
+    per_draw = max(1, LIVE_FACTOR * _largest_value_bytes(closed.jaxpr))
+    for_cache = min(
+        MAX_DRAWS_PER_BLOCK, max(MIN_DRAWS_PER_BLOCK, CACHE_BYTES_PER_BLOCK // per_draw)
+    )
+    block = max(1, min(for_cache, budget // per_draw))
+    return None if block >= num_draws else block
