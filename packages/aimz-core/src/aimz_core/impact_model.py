@@ -48,7 +48,13 @@ from aimz_core.kernel import (
 from aimz_core.kernel_spec import KernelSpec, coerce_return_sites
 from aimz_core.output import io_backend, is_url, resolve_output_dir
 from aimz_core.plan import StreamPlan
-from aimz_core.planning import auto_batch_size, balanced_batch_size, draw_block_size
+from aimz_core.planning import (
+    auto_batch_size,
+    balanced_batch_size,
+    draw_block_size,
+    per_draw_bytes,
+    rows_for_intermediates,
+)
 from aimz_core.rng import coerce_key
 from aimz_core.sampling import global_trace
 from aimz_core.sharding import DeviceLayout
@@ -1260,10 +1266,22 @@ class ImpactModel:
             )
             probe_size = min(total, ndev)
             probe_size = max(ndev, probe_size)
-            shapes = jax.eval_shape(entry.fn, *args_for(probe_size))
-            batch_size = balanced_batch_size(
-                auto_batch_size(shapes, probe_size, total, ndev), total, ndev
-            )
+            probe = args_for(probe_size)
+            shapes = jax.eval_shape(entry.fn, *probe)
+            batch_size = auto_batch_size(shapes, probe_size, total, ndev)
+            if shard_axis == "obs" and total > ndev:
+                # Rows are also bounded by intermediates: a wide layer over many rows
+                # can need far more memory per draw than the draw's output.
+                measured = []
+                for rows in (min(total, max(ndev, 256)), min(total, max(ndev, 2048))):
+                    rows = math.ceil(rows / ndev) * ndev
+                    one = args_for(rows)
+                    one_args = (key, _first_draw(one[0]), one[2], interv, cond)
+                    measured.extend((per_draw_bytes(entry.one, one_args), rows))
+                cap = rows_for_intermediates(*measured)
+                if cap is not None:
+                    batch_size = min(batch_size, max(ndev, cap))
+            batch_size = balanced_batch_size(batch_size, total, ndev)
         size = min(batch_size, total)
         size = max(ndev, math.ceil(size / ndev) * ndev)
         probe_args = args_for(size)
@@ -1431,14 +1449,10 @@ class ImpactModel:
         extras: dict[str, Any],
         one_args: tuple,
         num_draws: int | None = None,
-    ):
+    ) -> Any:
         """The batch function for ``config``, vectorising draws in memory-safe blocks."""
-        entry = self._functions.get(self._kernel, config, extras, self._param_output, self._layout)
-        block = draw_block_size(entry.one, one_args, num_draws or config.num_draws)
-        if block is None:
-            return entry
-        blocked = dataclasses.replace(config, draw_block=block)
-        return self._functions.get(self._kernel, blocked, extras, self._param_output, self._layout)
+        config = self._blocked_config(config, extras, one_args, num_draws)
+        return self._functions.get(self._kernel, config, extras, self._param_output, self._layout)
 
     def _global_prior(
         self, bound: KernelArgs, sites: tuple[str, ...], num_draws: int, key: jax.Array

@@ -99,6 +99,43 @@ def _largest_value_bytes(jaxpr: Any) -> int:
     return largest
 
 
+def per_draw_bytes(one_draw: Any, args: tuple) -> int:
+    """Estimated live intermediate bytes of one draw (``LIVE_FACTOR`` x the largest).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> per_draw_bytes(lambda x: {"y": x * 2.0}, (jnp.ones(1000),))
+        16000
+    """
+    closed = jax.make_jaxpr(one_draw)(*args)
+    return max(1, LIVE_FACTOR * _largest_value_bytes(closed.jaxpr))
+
+
+def rows_for_intermediates(
+    bytes_small: int,
+    rows_small: int,
+    bytes_big: int,
+    rows_big: int,
+    budget: int = TEMP_BYTES_PER_BLOCK,
+) -> int | None:
+    """Most rows per batch that let ``MIN_DRAWS_PER_BLOCK`` draws fit ``budget``.
+
+    Per-draw intermediates measured at two row counts give the part that grows with
+    the rows (weights and other row-independent values cancel out). ``None`` when
+    nothing grows with the rows.
+
+    Example:
+        >>> rows_for_intermediates(256_000 + 2_048 * 100, 100, 256_000 + 2_048 * 1100, 1100)
+        4096
+    """
+    if rows_big <= rows_small:
+        return None
+    per_row = (bytes_big - bytes_small) / (rows_big - rows_small)
+    if per_row <= 0:
+        return None
+    return max(1, int(budget // MIN_DRAWS_PER_BLOCK // per_row))
+
+
 def draw_block_size(
     one_draw: Any, args: tuple, num_draws: int, budget: int = TEMP_BYTES_PER_BLOCK
 ) -> int | None:
@@ -121,8 +158,7 @@ def draw_block_size(
         >>> draw_block_size(f, (jnp.ones(10),), 8) is None
         True
     """
-    closed = jax.make_jaxpr(one_draw)(*args)
-    per_draw = max(1, LIVE_FACTOR * _largest_value_bytes(closed.jaxpr))
+    per_draw = per_draw_bytes(one_draw, args)
     for_cache = min(
         MAX_DRAWS_PER_BLOCK, max(MIN_DRAWS_PER_BLOCK, CACHE_BYTES_PER_BLOCK // per_draw)
     )
