@@ -56,7 +56,7 @@ from aimz_core.planning import (
     rows_for_intermediates,
 )
 from aimz_core.rng import coerce_key
-from aimz_core.sampling import global_trace
+from aimz_core.sampling import check_subsample_plates, global_trace
 from aimz_core.sharding import DeviceLayout
 from aimz_core.sinks import MemorySink, SiteLayout, StreamInfo
 
@@ -1284,6 +1284,12 @@ class ImpactModel:
             batch_size = balanced_batch_size(batch_size, total, ndev)
         size = min(batch_size, total)
         size = max(ndev, math.ceil(size / ndev) * ndev)
+        if kind == "loglik" and shard_axis == "obs":
+            probe_rows = {k: v[:1] for k, v in bound.arrays.items()}
+            check_subsample_plates(
+                global_trace(self._kernel, self._rng_key, {**probe_rows, **bound.extras}),
+                min(size, total),
+            )
         probe_args = args_for(size)
         config = self._blocked_config(
             config,

@@ -69,8 +69,14 @@ def loglik_draw(
     param_output: str,
     dims_out: dict[str, dict[int, str]] | None = None,
 ) -> dict[str, jax.Array]:
-    """Pointwise log-density of the observed output under one posterior draw."""
-    model = handlers.substitute(kernel, data=dict(draw))
+    """Pointwise log-density of the observed output under one posterior draw.
+
+    Subsampling plates are pinned to ``arange(subsample_size)``: the rows of the batch
+    are the data, in order, not a random subsample of them.
+    """
+    model = handlers.substitute(
+        handlers.substitute(kernel, substitute_fn=pin_subsample), data=dict(draw)
+    )
     trace = handlers.trace(handlers.seed(model, key)).get_trace(**args)
     site = trace[param_output]
     value = site["fn"].log_prob(site["value"])
@@ -79,6 +85,32 @@ def loglik_draw(
             axis: name for axis, name in site_dims({**site, "fn": None}, value.ndim).items()
         }
     return {param_output: value}
+
+
+def pin_subsample(msg: Mapping[str, Any]) -> Any:
+    """``substitute_fn`` that fixes a subsampling plate's indices to ``arange``."""
+    if msg["type"] == "plate":
+        size, subsample_size = msg["args"][:2]
+        if subsample_size is not None and subsample_size < size:
+            return jax.numpy.arange(subsample_size)
+    return None
+
+
+def check_subsample_plates(trace: Mapping[str, Mapping[str, Any]], rows: int) -> None:
+    """Refuse a batch with more rows than a subsampling plate's full size.
+
+    Raises:
+        ValueError: Naming the plate, its size and the batch size.
+    """
+    for name, site in trace.items():
+        if site["type"] != "plate":
+            continue
+        size, subsample_size = site["args"][:2]
+        if subsample_size is not None and subsample_size < size and rows > size:
+            raise ValueError(
+                f"The batch has {rows} rows but the subsampling plate {name!r} has size "
+                f"{size}; pass a `batch_size` of at most {size}."
+            )
 
 
 def global_trace(
