@@ -1009,45 +1009,14 @@ class ImpactModel:
         X: Any,
         y: Any,
         *,
-        num_samples: int | None,
-        intervention: Mapping[str, Any] | None,
-        condition: Mapping[str, Any] | None,
-        rng_key: jax.Array | None,
-        return_sites: Any,
-        shard_axis: ShardAxis,
-        batch_size: int | None,
-        store: Store,
-        output_dir: str | Path | None,
         progress: bool,
-        return_datatree: bool,
-        kwargs: Mapping[str, Any],
-        desc: str,
-        client: Any = None,
-        resume: bool = False,
-        storage_options: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> Any:
-        plan, dask_client = self._plan_stream(
-            kind,
-            caller,
-            group,
-            X,
-            y,
-            num_samples=num_samples,
-            intervention=intervention,
-            condition=condition,
-            rng_key=rng_key,
-            return_sites=return_sites,
-            shard_axis=shard_axis,
-            batch_size=batch_size,
-            store=store,
-            output_dir=output_dir,
-            return_datatree=return_datatree,
-            kwargs=kwargs,
-            desc=desc,
-            client=client,
-            resume=resume,
-            storage_options=storage_options,
-        )
+        """Plan a streamed call (``options`` as in :meth:`_plan_stream`) and run it."""
+        plan, dask_client = self._plan_stream(kind, caller, group, X, y, **options)
+        store, output_dir = options["store"], options["output_dir"]
+        client, resume = options.get("client"), options.get("resume", False)
+        storage_options = options.get("storage_options")
         if client is not None or resume or is_url(output_dir):
             return io_backend("Distributed and resumable runs").run_distributed(
                 self,
@@ -1058,7 +1027,7 @@ class ImpactModel:
                 progress=progress,
                 storage_options=storage_options,
             )
-        if return_datatree:
+        if options["return_datatree"]:
             base = self._base_dir(output_dir) if store == "persistent" else None
             sink = io_backend().make_sink(store=store, base_dir=base, progress=progress)
         else:
