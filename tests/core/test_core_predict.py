@@ -545,10 +545,11 @@ def test_engine_pipelines_and_trims():
     )
     np.testing.assert_array_equal(out["y"][0], np.arange(10))
     np.testing.assert_array_equal(out["y"][1], -np.arange(10))
-    # batch k+1 is dispatched before batch k is written
+    # the sink opens while batch 0 computes; batch k+1 is dispatched before batch k
+    # is written
     assert events == [
-        "open",
         ("launch", 0),
+        "open",
         ("launch", 4),
         ("write", 0),
         ("launch", 8),

@@ -36,16 +36,23 @@ def pad_rows(x: Any, size: int) -> Any:
 def take_draws(
     post: dict[str, jax.Array], start: int, size: int
 ) -> tuple[dict[str, jax.Array], jax.Array]:
-    """Chunk ``[start, start + size)`` of a (padded) posterior and its draw indices.
+    """Draws ``[start, start + size)`` of a posterior and their draw indices.
+
+    Past the last draw the chunk repeats the last draw (batch padding, trimmed
+    later), so the posterior is never copied into a padded version.
 
     Example:
         >>> import jax.numpy as jnp
-        >>> chunk, idx = take_draws({"w": jnp.arange(6.0)}, 2, 3)
+        >>> chunk, idx = take_draws({"w": jnp.arange(6.0)}, 4, 3)
         >>> chunk["w"].tolist(), idx.tolist()
-        ([2.0, 3.0, 4.0], [2, 3, 4])
+        ([4.0, 5.0, 5.0], [4, 5, 6])
     """
-    chunk = {k: jax.lax.dynamic_slice_in_dim(v, start, size) for k, v in post.items()}
-    return chunk, start + jax.numpy.arange(size)
+    idx = start + jax.numpy.arange(size)
+    chunk = {}
+    for k, v in post.items():
+        rows = jax.numpy.minimum(idx, v.shape[0] - 1)
+        chunk[k] = jax.numpy.take(v, rows, axis=0, mode="clip")
+    return chunk, idx
 
 
 def split_range(total: int, size: int) -> list[tuple[int, int]]:
@@ -88,16 +95,18 @@ def stream(
     ``launch(i, start, stop)`` dispatches batch ``i`` (asynchronously) and returns
     its device outputs, padded along ``stream_axis``. Up to ``depth`` batches are in
     flight: batch k+1 is dispatched before the host copy of batch k is awaited.
-    On any exception (including ``KeyboardInterrupt``) the sink is aborted, the
-    batches in flight are dropped and the exception propagates.
+    The sink is opened right after the first dispatch, so creating the output
+    store overlaps the first batch's computation. On any exception (including
+    ``KeyboardInterrupt``) the sink is aborted, the batches in flight are dropped
+    and the exception propagates.
 
     Returns:
         Whatever ``sink.commit()`` returns.
     """
     pending: deque[tuple[int, int, dict[str, jax.Array]]] = deque()
     bar = tqdm(total=len(ranges), desc=desc, disable=not progress, leave=False)
+    opened = False
     try:
-        sink.open(info)
 
         def finish() -> None:
             start, stop, outputs = pending.popleft()
@@ -110,8 +119,13 @@ def stream(
             for value in outputs.values():
                 value.copy_to_host_async()
             pending.append((start, stop, outputs))
+            if not opened:
+                sink.open(info)
+                opened = True
             if len(pending) >= depth:
                 finish()
+        if not opened:
+            sink.open(info)
         while pending:
             finish()
         bar.set_description("Writing in progress...")

@@ -51,8 +51,7 @@ from aimz_core.plan import StreamPlan
 from aimz_core.planning import (
     auto_batch_size,
     balanced_batch_size,
-    draw_block_size,
-    per_draw_bytes,
+    block_for_draw_bytes,
     rows_for_intermediates,
 )
 from aimz_core.rng import coerce_key
@@ -1222,12 +1221,7 @@ class ImpactModel:
         )
 
         def args_for(size: int) -> tuple:
-            stop = min(size, total)
-            if shard_axis == "obs":
-                rows = {k: host_rows(v, 0, stop) for k, v in arrays.items()}
-            else:
-                rows = arrays
-            return self._block_args(plan, 0, 0, rows, size=size)
+            return self._abstract_block_args(plan, size)
 
         if batch_size is None:
             entry = self._functions.get(
@@ -1246,7 +1240,7 @@ class ImpactModel:
                     rows = math.ceil(rows / ndev) * ndev
                     one = args_for(rows)
                     one_args = (key, _first_draw(one[0]), one[2], interv, cond)
-                    measured.extend((per_draw_bytes(entry.one, one_args), rows))
+                    measured.extend((entry.draw_bytes(one_args), rows))
                 cap = rows_for_intermediates(*measured)
                 if cap is not None:
                     batch_size = min(batch_size, max(ndev, cap))
@@ -1346,16 +1340,42 @@ class ImpactModel:
                 dev = jax.device_put(dev, self._layout.replicated)
             cache[ident] = (dev, rows)
         dev_arrays = cache[ident][0]
-        # Pad the posterior once per chunk size, then take each chunk with one
-        # jitted dispatch instead of an eager slice and pad per site.
-        padded_key = ("posterior", size, id(self._posterior))
-        if padded_key not in cache:
-            rows_total = math.ceil(plan.total / size) * size
-            cache[padded_key] = {k: pad_rows(v, rows_total) for k, v in post.items()}
-        chunk, idx = take_draws(cache[padded_key], start, size)
+        # One jitted gather per chunk (the last one repeats the last draw as
+        # padding): no padded copy of the posterior, no eager slice per site.
+        chunk, idx = take_draws(post, start, size)
         if sharded:  # shard_map on an explicit mesh needs inputs laid out as P("obs")
             chunk, idx = jax.device_put((chunk, idx), self._layout.partitioned)
         return (chunk, (plan.key, idx), dev_arrays, plan.intervention, plan.condition)
+
+    def _abstract_block_args(self, plan: StreamPlan, size: int) -> tuple:
+        """Shapes-only arguments of the batch function for a batch of ``size``.
+
+        Planning traces the batch function with these (``jax.eval_shape``, one-draw
+        jaxprs): no input rows are read or padded and no posterior is copied.
+        The avals equal those of :meth:`_block_args`, so the trace is reused by
+        the first real dispatch.
+        """
+        sharded = self._layout.num_devices > 1
+
+        def spec(value: Any, shape: tuple[int, ...], sharding: Any) -> jax.ShapeDtypeStruct:
+            dtype = jax.dtypes.canonicalize_dtype(value.dtype)
+            return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding if sharded else None)
+
+        post = plan.global_post if plan.kind == "prior" else self._placed_posterior()
+        if plan.shard_axis == "obs":
+            batch = {
+                k: spec(v, (size, *v.shape[1:]), self._layout.partitioned)
+                for k, v in plan.arrays.items()
+            }
+            return (post, (plan.key, 0), batch, plan.intervention, plan.condition)
+        chunk = {
+            k: spec(v, (size, *v.shape[1:]), self._layout.partitioned) for k, v in post.items()
+        }
+        idx = spec(np.empty(0, np.int32), (size,), self._layout.partitioned)
+        inputs = {
+            k: spec(v, tuple(v.shape), self._layout.replicated) for k, v in plan.arrays.items()
+        }
+        return (chunk, (plan.key, idx), inputs, plan.intervention, plan.condition)
 
     def _launch_block(
         self, plan: StreamPlan, i: int, start: int, rows: Mapping[str, Any]
@@ -1413,7 +1433,7 @@ class ImpactModel:
     ) -> BatchConfig:
         """``config`` with the memory-safe draw block size set (when one is needed)."""
         entry = self._functions.get(self._kernel, config, extras, self._param_output, self._layout)
-        block = draw_block_size(entry.one, one_args, num_draws or config.num_draws)
+        block = block_for_draw_bytes(entry.draw_bytes(one_args), num_draws or config.num_draws)
         if block is None:
             return config
         return dataclasses.replace(config, draw_block=block)

@@ -158,7 +158,22 @@ def draw_block_size(
         >>> draw_block_size(f, (jnp.ones(10),), 8) is None
         True
     """
-    per_draw = per_draw_bytes(one_draw, args)
+    return block_for_draw_bytes(per_draw_bytes(one_draw, args), num_draws, budget)
+
+
+def block_for_draw_bytes(
+    per_draw: int, num_draws: int, budget: int = TEMP_BYTES_PER_BLOCK
+) -> int | None:
+    """Draws per block for draws of ``per_draw`` intermediate bytes (see
+    :func:`draw_block_size`); ``None`` when one block covers every draw.
+
+    Example:
+        >>> block_for_draw_bytes(2**20, 1000)
+        4
+        >>> block_for_draw_bytes(1_000, 1000)
+        16
+    """
+    per_draw = max(1, int(per_draw))
     for_cache = min(
         MAX_DRAWS_PER_BLOCK, max(MIN_DRAWS_PER_BLOCK, CACHE_BYTES_PER_BLOCK // per_draw)
     )

@@ -180,6 +180,41 @@ def read_artifact(
             f"The aimz artifact {str(path)!r} is incomplete (no {COMPLETE_ATTR!r} "
             f"marker): the call that wrote it failed or has not finished.{detail}"
         )
+    names = [name for name in sorted(group.array_keys()) if name != REGIONS_ARRAY]
+    return tree_from_store(
+        store,
+        path,
+        stored,
+        names,
+        posterior=posterior,
+        posterior_dims=posterior_dims,
+    )
+
+
+def tree_from_store(
+    store: Any,
+    path: str | Path,
+    stored: Mapping[str, Any],
+    names: Sequence[str],
+    *,
+    posterior: Mapping[str, np.ndarray] | None = None,
+    posterior_dims: Mapping[str, Sequence[str]] | None = None,
+) -> xr.DataTree:
+    """Lazy DataTree over the arrays ``names`` of ``store``, given its group attributes.
+
+    Reads only each array's metadata; no chunk is read. The caller has checked
+    completeness (or, like :class:`~aimz_io.zarr_sink.ZarrSink`, is the writer and
+    builds the tree while its last chunks are still being written).
+
+    Args:
+        store: The Zarr store of the artifact.
+        path: Its directory or URL (recorded as ``output_dir`` / ``artifact_path``).
+        stored: The group attributes (``num_chains``, ``group``, ``created_at``, ...).
+        names: Arrays to include, one variable each.
+        posterior: Posterior samples (flattened draw axis) to put first in the tree.
+        posterior_dims: Dims of the posterior sites after the draw axis.
+    """
+    url = is_url(path)
     num_chains = int(stored["num_chains"])
     attrs = {k: v for k, v in stored.items() if k not in STORE_ATTRS}
     attrs.update(base_attrs(num_chains, created_at=stored.get("created_at")))
@@ -187,13 +222,11 @@ def read_artifact(
     attrs.update(path_attrs(path))
 
     arrays, dims = {}, {}
-    for name in sorted(group.array_keys()):
-        if name == REGIONS_ARRAY:
-            continue
+    for name in sorted(names):
         array = _open_array(store, name)
         stored_dims = tuple(array.metadata.dimension_names or ())
         dims[name] = stored_dims[1:]
-        arrays[name] = _lazy_data(array, num_chains, None if url else path)
+        arrays[name] = _lazy_data(array, num_chains, None if url else Path(path))
     datasets = {}
     if posterior:
         datasets["posterior"] = dataset_from_arrays(

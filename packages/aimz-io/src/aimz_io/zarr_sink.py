@@ -5,8 +5,11 @@ chunked along the stream axis by the batch length (full extent elsewhere). Each
 ``write`` hands its block to a :class:`~aimz_io.writer_pool.WriterPool` and returns:
 compression and file IO run on background threads while the caller computes the
 next batch. Blocks are chunk-aligned, so writers never touch the same chunk and
-need no locks. ``commit`` waits for the writers, records the group attributes
-(``aimz_complete`` last) and returns the lazy tree read back from disk.
+need no locks. ``open`` writes the group attributes with the group and builds the
+lazy result tree from the metadata (the engine opens the sink after dispatching
+the first batch, so this overlaps computation). ``commit`` waits for the writers
+and then writes ``aimz_complete``: after the last batch computes, what is left is
+its chunk write plus one small metadata write.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import zarr
 from aimz_core.sinks import Sink, SiteLayout, StreamInfo
 from zarr.codecs import BloscCodec
 
-from aimz_io.artifact import COMPLETE_ATTR, create_call_dir, read_artifact
+from aimz_io.artifact import COMPLETE_ATTR, create_call_dir, tree_from_store
 from aimz_io.datatree import DRAW, resolve_dims, storage_dtype
 from aimz_io.provenance import base_attrs
 from aimz_io.regions import block_region, stream_chunk
@@ -96,6 +99,9 @@ class ZarrSink(Sink):
         self._arrays: dict[str, Any] = {}
         self._written: dict[str, int] = {}
         self._pool: WriterPool | None = None
+        self._group: Any = None
+        self._attrs: dict[str, Any] = {}
+        self._tree: xr.DataTree | None = None
         self._state = "new"
 
     def open(self, info: StreamInfo) -> None:
@@ -105,13 +111,29 @@ class ZarrSink(Sink):
         self._state = "open"
         self._info = info
         try:
-            self.path = create_call_dir(self.base_dir, info.caller)
-            group = zarr.open_group(zarr.storage.LocalStore(self.path), mode="w", zarr_format=3)
-            self._arrays = create_site_arrays(group, info)
+            self.path = create_call_dir(self.base_dir, info.caller).resolve()
+            self._attrs = store_attrs(info)
+            self._group = zarr.open_group(
+                zarr.storage.LocalStore(self.path),
+                mode="w",
+                zarr_format=3,
+                attributes=self._attrs,
+            )
+            self._arrays = create_site_arrays(self._group, info)
             self._written = dict.fromkeys(self._arrays, 0)
             self._pool = WriterPool(
                 num_threads=self._num_writers,
                 max_bytes=BLOCKS_IN_FLIGHT * sum(map(_block_bytes, info.sites.values())),
+            )
+            # The result tree needs only the metadata written above; it is handed
+            # out by `commit` once every chunk is written and the store is marked.
+            self._tree = tree_from_store(
+                zarr.storage.LocalStore(self.path, read_only=True),
+                self.path,
+                self._attrs,
+                list(self._arrays),
+                posterior=info.posterior,
+                posterior_dims=info.posterior_dims,
             )
         except BaseException:
             self.abort()
@@ -142,23 +164,18 @@ class ZarrSink(Sink):
             raise
 
     def commit(self) -> xr.DataTree:
-        """Wait for the writers, mark the store complete and read it back lazily."""
+        """Wait for the writers, mark the store complete and return the lazy tree."""
         try:
             self._require_open("commit")
             self._pool.join()
             self._pool.close()
             self._check_complete()
-            group = zarr.open_group(zarr.storage.LocalStore(self.path), mode="r+")
-            info = self._info
-            group.attrs.update(store_attrs(info))
-            group.attrs.update({COMPLETE_ATTR: True})
-            tree = read_artifact(
-                self.path, posterior=info.posterior, posterior_dims=info.posterior_dims
-            )
+            self._group.attrs.update({COMPLETE_ATTR: True})
         except BaseException:
             self.abort()
             raise
         self._state = "committed"
+        tree, self._tree = self._tree, None
         return tree
 
     def abort(self) -> None:
@@ -171,6 +188,8 @@ class ZarrSink(Sink):
         if self.path is not None:
             shutil.rmtree(self.path, ignore_errors=True)
         self._arrays = {}
+        self._group = None
+        self._tree = None
 
     def _require_open(self, method: str) -> None:
         if self._state != "open":
