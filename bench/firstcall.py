@@ -3,8 +3,9 @@
 Imports aimz (lazy: no JAX), then JAX/NumPyro and the bench workloads, builds the
 model from a saved posterior, and times the first ``predict`` (compile included)
 and a second one. JAX's monitoring events split the first call into tracing,
-lowering and backend compilation (or persistent-cache retrieval). Prints one JSON
-line. The cache directory comes from the environment (``AIMZ_CACHE_DIR``).
+lowering and backend compilation (or persistent-cache retrieval), and the count of
+batch functions loaded as serialized executables. Prints one JSON line. The cache
+directory comes from the environment (``AIMZ_CACHE_DIR``).
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ def main(spec_path: str) -> None:
                 "cache_hits": first_events.get("/jax/compilation_cache/cache_hits", 0),
                 "cache_misses": first_events.get("/jax/compilation_cache/cache_misses", 0),
                 "cache_dir": cache_dir,
+                "executables_from_disk": sum(
+                    entry.fn.sources.count("disk")
+                    for entry in model._functions._entries.values()
+                    if hasattr(entry.fn, "sources")
+                ),
                 "cache_files": _count_files(cache_dir),
             }
         )

@@ -3,7 +3,11 @@
 The engine is observed, never changed: :class:`EngineProbe` swaps the ``stream``
 name that ``aimz_core.impact_model`` imported for a wrapper that timestamps every
 ``launch`` (dispatch of one batch), every host wait (``np.asarray`` inside
-``aimz_core.engine``) and every sink call, then calls the real ``stream``.
+``aimz_core.engine``) and every sink call, then calls the real ``stream``. Each of
+these also records the main thread's CPU time (``time.thread_time``), so the
+engine's Python per batch is measured apart from waits, and the Zarr writer
+pool's jobs are timed to count the chunk writes still running when the last
+batch is ready.
 """
 
 from __future__ import annotations
@@ -89,6 +93,13 @@ class StreamRecord:
     launches: list[tuple[float, float]] = field(default_factory=list)
     waits: list[tuple[float, float]] = field(default_factory=list)
     writes: list[tuple[float, float]] = field(default_factory=list)
+    #: Main-thread CPU seconds: in the whole loop, in host copies, in sink.write.
+    loop_cpu: tuple[float, float] = (0.0, 0.0)
+    copy_cpu: float = 0.0
+    write_cpu: float = 0.0
+    open_cpu: float = 0.0
+    #: Writer-pool jobs: (submitted, started, finished) wall times.
+    jobs: list[tuple[float, float, float]] = field(default_factory=list)
     open_s: float = 0.0
     commit: tuple[float, float] = (0.0, 0.0)
     sink: Any = None
@@ -104,7 +115,24 @@ class StreamRecord:
         loop = (self.commit[0] or self.t_end) - self.launches[0][0]
         host = loop - wait  # Python time in the batch loop (not waiting for the device)
         last_ready = self.waits[-1][1] if self.waits else self.launches[-1][1]
-        return {
+        loop_cpu = self.loop_cpu[1] - self.loop_cpu[0]
+        extra: dict[str, float] = {}
+        if loop_cpu > 0:
+            # sink.open runs inside the loop (after the first dispatch): not per batch
+            python = loop_cpu - self.copy_cpu - self.open_cpu
+            extra = {
+                "python_ms_per_batch": 1e3 * python / self.n_batches,
+                "copy_cpu_ms_per_batch": 1e3 * self.copy_cpu / self.n_batches,
+                "write_cpu_ms_per_batch": 1e3 * self.write_cpu / self.n_batches,
+            }
+        if self.jobs:
+            extra["writes_after_last_batch"] = float(
+                sum(1 for _, _, done in self.jobs if done > last_ready)
+            )
+            extra["chunk_write_ms"] = 1e3 * statistics.median(
+                done - started for _, started, done in self.jobs
+            )
+        return extra | {
             "first_dispatch_ms": 1e3 * (self.launches[0][0] - self.t_call),
             "planning_ms": 1e3 * (self.t_stream - self.t_call),
             "open_ms": 1e3 * self.open_s,
@@ -127,11 +155,12 @@ class _TimedNumpy(types.ModuleType):
         return getattr(np, name)
 
     def asarray(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         out = np.asarray(*args, **kwargs)
         rec = self._probe.record
         if rec is not None:
             rec.waits.append((t0, time.perf_counter()))
+            rec.copy_cpu += time.thread_time() - c0
         return out
 
 
@@ -141,16 +170,19 @@ class _TimedSink:
         self.rec = rec
 
     def open(self, info: Any) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         self.inner.open(info)
         self.rec.open_s = time.perf_counter() - t0
+        self.rec.open_cpu = time.thread_time() - c0
 
     def write(self, site: str, start: int, block: np.ndarray) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         self.inner.write(site, start, block)
         self.rec.writes.append((t0, time.perf_counter()))
+        self.rec.write_cpu += time.thread_time() - c0
 
     def commit(self) -> Any:
+        self.rec.loop_cpu = (self.rec.loop_cpu[0], time.thread_time())
         t0 = time.perf_counter()
         out = self.inner.commit()
         self.rec.commit = (t0, time.perf_counter())
@@ -189,6 +221,8 @@ class EngineProbe:
             rec.batch_out_bytes = int(rec.out_bytes * rec.chunk / max(1, total))
 
             def timed_launch(i, start, stop):
+                if i == 0:
+                    rec.loop_cpu = (time.thread_time(), 0.0)
                 t0 = time.perf_counter()
                 out = launch(i, start, stop)
                 rec.launches.append((t0, time.perf_counter()))
@@ -209,6 +243,26 @@ class EngineProbe:
 
         im.stream = stream
         engine.np = _TimedNumpy(self)
+        self._pool_cls = None
+        try:
+            from aimz_io.writer_pool import WriterPool
+        except ImportError:
+            return self
+        self._pool_cls, self._orig_submit = WriterPool, WriterPool.submit
+        orig_submit = WriterPool.submit
+
+        def submit(pool, job, nbytes):
+            rec, queued = probe.record, time.perf_counter()
+
+            def timed() -> None:
+                started = time.perf_counter()
+                job()
+                if rec is not None:
+                    rec.jobs.append((queued, started, time.perf_counter()))
+
+            orig_submit(pool, timed, nbytes)
+
+        WriterPool.submit = submit
         return self
 
     def start(self) -> StreamRecord:
@@ -225,6 +279,8 @@ class EngineProbe:
     def __exit__(self, *exc: Any) -> None:
         self._im.stream = self._orig_stream
         self._engine.np = self._orig_np
+        if self._pool_cls is not None:
+            self._pool_cls.submit = self._orig_submit
 
 
 @dataclass

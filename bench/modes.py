@@ -6,7 +6,6 @@ import shutil
 import tempfile
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +43,12 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)], axis=0)
 
 
-def _pad_dev(x: jax.Array, size: int) -> jax.Array:
-    n = x.shape[0]
-    if n == size:
-        return x
-    return jnp.concatenate([x, jnp.repeat(x[-1:], size - n, axis=0)], axis=0)
-
-
-@partial(jax.jit, static_argnums=2)
 def _take(post: dict[str, jax.Array], start: Any, size: int) -> tuple[dict, jax.Array]:
-    """Draws ``[start, start + size)`` of a padded posterior and their indices (jitted)."""
-    chunk = {k: jax.lax.dynamic_slice_in_dim(v, start, size) for k, v in post.items()}
-    return chunk, start + jnp.arange(size)
+    """Draws ``[start, start + size)`` and their indices: the engine's own jitted gather
+    (``aimz_core.engine.take_draws``; past the last draw it repeats the last one)."""
+    from aimz_core.engine import take_draws
+
+    return take_draws(post, start, size)
 
 
 def _one_draw(kernel: Callable, site: str) -> Callable:
@@ -115,9 +108,9 @@ class Floor:
     draw block (``planning.draw_block_size``, see :func:`floor_draw_block`), or one
     ``vmap`` when the block is ``None`` (all draws fit). Keys are derived like the
     engine's (obs: ``fold_in(key, batch)`` split per draw; draw: ``fold_in(key,
-    draw)``); the draw path pads the device posterior once per call and takes each
-    chunk with one jitted slice, like the engine. Batches of the engine's size (the
-    last one padded), two in flight, each copied to host and dropped.
+    draw)``); the draw path takes each chunk of the device posterior with the
+    engine's jitted gather. Batches of the engine's size (the last one padded), two
+    in flight, each copied to host and dropped.
     """
 
     def __init__(
@@ -164,8 +157,7 @@ class Floor:
         return (chunk, (key, idx), X)
 
     def _padded(self, size: int) -> dict[str, jax.Array]:
-        rows = -(-self.num_draws // size) * size
-        return {k: _pad_dev(v, rows) for k, v in self.post_dev.items()}
+        return self.post_dev  # the gather pads the last chunk itself
 
     def temp_bytes(self, X: np.ndarray, size: int) -> int | None:
         """XLA's temporary buffer size for one batch (``memory_analysis``), if known."""

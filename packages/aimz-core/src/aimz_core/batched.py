@@ -9,6 +9,7 @@ from typing import Any, Literal
 import jax
 from jax import random
 
+from aimz_core.executable_cache import PersistentJit
 from aimz_core.planning import per_draw_bytes
 from aimz_core.sampling import forward_draw, loglik_draw
 from aimz_core.sharding import DeviceLayout, shard_draws, shard_obs
@@ -141,7 +142,7 @@ def build_batch_function(
             return over_draws(keys, post, arrays, intervention, condition)
 
         fn = shard_draws(run, layout) if config.sharded else run
-    return BatchFunction(jax.jit(fn), one, dims)
+    return BatchFunction(PersistentJit(jax.jit(fn)), one, dims)
 
 
 class FunctionCache:

@@ -1230,7 +1230,7 @@ class ImpactModel:
             probe_size = min(total, ndev)
             probe_size = max(ndev, probe_size)
             probe = args_for(probe_size)
-            shapes = jax.eval_shape(entry.fn, *probe)
+            shapes = entry.fn.eval_shape(*probe)
             batch_size = auto_batch_size(shapes, probe_size, total, ndev)
             if shard_axis == "obs" and total > ndev:
                 # Rows are also bounded by intermediates: a wide layer over many rows
@@ -1263,7 +1263,7 @@ class ImpactModel:
         entry = self._functions.get(
             self._kernel, config, bound.extras, self._param_output, self._layout
         )
-        shapes = jax.eval_shape(entry.fn, *probe_args)
+        shapes = entry.fn.eval_shape(*probe_args)
         stream_axis = plan.stream_axis
         layouts: dict[str, SiteLayout] = {}
         for name, sds in shapes.items():
