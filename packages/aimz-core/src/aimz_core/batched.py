@@ -9,6 +9,7 @@ from typing import Any, Literal
 import jax
 from jax import random
 
+from aimz_core.engine import take_draws
 from aimz_core.executable_cache import PersistentJit
 from aimz_core.planning import per_draw_bytes
 from aimz_core.sampling import forward_draw, loglik_draw
@@ -30,6 +31,10 @@ class BatchConfig:
         num_draws: Draws per batch on the ``"obs"`` path.
         draw_block: Draws vectorised at once (``None``: all of them).
         sharded: Whether to shard over local devices.
+        chunk: On the unsharded ``"draw"`` path of a streamed call: the draws per
+            batch. The function then takes the whole posterior and the chunk's first
+            draw, ``f(post, (key, start), ...)``, and gathers the chunk itself, so no
+            chunk-sized copy of the posterior is made per batch.
     """
 
     kind: Kind
@@ -39,6 +44,7 @@ class BatchConfig:
     num_draws: int
     draw_block: int | None = None
     sharded: bool = True
+    chunk: int | None = None
 
 
 def abstract_signature(tree: Any) -> tuple:
@@ -141,7 +147,18 @@ def build_batch_function(
             keys = jax.vmap(random.fold_in, in_axes=(None, 0))(key, idx)
             return over_draws(keys, post, arrays, intervention, condition)
 
-        fn = shard_draws(run, layout) if config.sharded else run
+        if config.sharded:
+            fn = shard_draws(run, layout)
+        elif config.chunk is not None:
+            size = config.chunk
+
+            def fn(post, key_start, arrays, intervention, condition):
+                key, start = key_start
+                chunk, idx = take_draws(post, start, size)
+                return run(chunk, (key, idx), arrays, intervention, condition)
+
+        else:
+            fn = run
     return BatchFunction(PersistentJit(jax.jit(fn)), one, dims)
 
 

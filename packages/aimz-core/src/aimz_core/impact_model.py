@@ -1247,13 +1247,16 @@ class ImpactModel:
             batch_size = balanced_batch_size(batch_size, total, ndev)
         size = min(batch_size, total)
         size = max(ndev, math.ceil(size / ndev) * ndev)
+        if shard_axis == "draw" and not sharded:
+            config = dataclasses.replace(config, chunk=size)
+            plan = dataclasses.replace(plan, config=config)
         if kind == "loglik" and shard_axis == "obs":
             probe_rows = {k: v[:1] for k, v in bound.arrays.items()}
             check_subsample_plates(
                 global_trace(self._kernel, self._rng_key, {**probe_rows, **bound.extras}),
                 min(size, total),
             )
-        probe_args = args_for(size)
+        probe_args = self._abstract_block_args(plan, size, fused=config.chunk is not None)
         config = self._blocked_config(
             config,
             bound.extras,
@@ -1307,9 +1310,10 @@ class ImpactModel:
         """The plan's batch config, adapted to this host's devices (workers may differ)."""
         ndev = self._layout.num_devices
         sharded = ndev > 1 and plan.size % ndev == 0
-        if plan.config.sharded == sharded:
+        chunk = plan.size if plan.shard_axis == "draw" and not sharded else None
+        if (plan.config.sharded, plan.config.chunk) == (sharded, chunk):
             return plan.config
-        return dataclasses.replace(plan.config, sharded=sharded)
+        return dataclasses.replace(plan.config, sharded=sharded, chunk=chunk)
 
     def _block_args(
         self,
@@ -1322,7 +1326,8 @@ class ImpactModel:
     ) -> tuple:
         """Arguments of the batch function for batch ``i`` (rows already sliced on "obs")."""
         size = plan.size if size is None else size
-        sharded = self._plan_config(plan).sharded if plan.size else self._layout.num_devices > 1
+        config = self._plan_config(plan)
+        sharded = config.sharded
         if plan.kind == "prior":
             post: Mapping[str, Any] = plan.global_post
         else:
@@ -1340,6 +1345,8 @@ class ImpactModel:
                 dev = jax.device_put(dev, self._layout.replicated)
             cache[ident] = (dev, rows)
         dev_arrays = cache[ident][0]
+        if config.chunk is not None:  # the batch function gathers its own chunk
+            return (post, (plan.key, start), dev_arrays, plan.intervention, plan.condition)
         # One jitted gather per chunk (the last one repeats the last draw as
         # padding): no padded copy of the posterior, no eager slice per site.
         chunk, idx = take_draws(post, start, size)
@@ -1347,13 +1354,14 @@ class ImpactModel:
             chunk, idx = jax.device_put((chunk, idx), self._layout.partitioned)
         return (chunk, (plan.key, idx), dev_arrays, plan.intervention, plan.condition)
 
-    def _abstract_block_args(self, plan: StreamPlan, size: int) -> tuple:
+    def _abstract_block_args(self, plan: StreamPlan, size: int, *, fused: bool = False) -> tuple:
         """Shapes-only arguments of the batch function for a batch of ``size``.
 
         Planning traces the batch function with these (``jax.eval_shape``, one-draw
         jaxprs): no input rows are read or padded and no posterior is copied.
         The avals equal those of :meth:`_block_args`, so the trace is reused by
-        the first real dispatch.
+        the first real dispatch. ``fused``: the draw-path convention of a config
+        with ``chunk`` set (the whole posterior and the first draw's index).
         """
         sharded = self._layout.num_devices > 1
 
@@ -1368,13 +1376,15 @@ class ImpactModel:
                 for k, v in plan.arrays.items()
             }
             return (post, (plan.key, 0), batch, plan.intervention, plan.condition)
+        inputs = {
+            k: spec(v, tuple(v.shape), self._layout.replicated) for k, v in plan.arrays.items()
+        }
+        if fused:
+            return (post, (plan.key, 0), inputs, plan.intervention, plan.condition)
         chunk = {
             k: spec(v, (size, *v.shape[1:]), self._layout.partitioned) for k, v in post.items()
         }
         idx = spec(np.empty(0, np.int32), (size,), self._layout.partitioned)
-        inputs = {
-            k: spec(v, tuple(v.shape), self._layout.replicated) for k, v in plan.arrays.items()
-        }
         return (chunk, (plan.key, idx), inputs, plan.intervention, plan.condition)
 
     def _launch_block(

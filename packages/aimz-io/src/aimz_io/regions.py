@@ -20,7 +20,12 @@ def stream_chunk(layout: SiteLayout) -> int:
 
 
 def block_region(
-    layout: SiteLayout, start: int, block: np.ndarray, *, aligned: bool = False
+    layout: SiteLayout,
+    start: int,
+    block: np.ndarray,
+    *,
+    aligned: bool = False,
+    convert: bool = True,
 ) -> tuple[tuple[slice, ...], np.ndarray]:
     """Validate ``block`` for offset ``start`` and return its region and values.
 
@@ -31,10 +36,12 @@ def block_region(
         aligned: Also require chunk alignment: ``start`` a multiple of the chunk
             and the block ending on a chunk boundary or at the end of the axis.
             Aligned writes touch whole chunks only, so they can run in parallel.
+        convert: Return the block as a C-contiguous array in the storage dtype.
+            With ``False`` it is returned as given (checked, not copied), so a
+            background writer can do the conversion off the caller's thread.
 
     Returns:
-        ``(index, values)``: the region as a tuple of slices and the block as a
-        C-contiguous array in the storage dtype.
+        ``(index, values)``: the region as a tuple of slices and the block.
 
     Raises:
         ValueError: wrong shape, out of bounds, or (``aligned``) misaligned.
@@ -51,7 +58,8 @@ def block_region(
             f"Block for site {layout.name!r} has dtype {values.dtype}, which cannot be "
             f"stored as {target}."
         )
-    values = np.ascontiguousarray(values, dtype=target)
+    if convert:
+        values = np.ascontiguousarray(values, dtype=target)
     axis = layout.stream_axis
     size = layout.shape[axis]
     length = values.shape[axis] if values.ndim > axis else -1

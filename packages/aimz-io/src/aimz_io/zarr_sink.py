@@ -32,7 +32,7 @@ from aimz_io.regions import block_region, stream_chunk
 from aimz_io.writer_pool import WriterPool
 
 #: Blocks in flight per site (queued or being written) before ``write`` waits.
-BLOCKS_IN_FLIGHT = 2
+BLOCKS_IN_FLIGHT = 1
 #: Upper bound on writer threads.
 MAX_WRITERS = 4
 
@@ -151,11 +151,14 @@ class ZarrSink(Sink):
             if site not in self._arrays:
                 raise ValueError(f"Unknown site {site!r}; expected one of {list(self._arrays)}.")
             layout = self._info.sites[site]
-            region, values = block_region(layout, start, block, aligned=True)
+            # Checked here, converted (a copy when the block is a trimmed view or
+            # another dtype) on the writer thread.
+            region, values = block_region(layout, start, block, aligned=True, convert=False)
             array = self._arrays[site]
+            dtype = storage_dtype(layout.dtype)
 
             def job() -> None:
-                array[region] = values
+                array[region] = np.ascontiguousarray(values, dtype=dtype)
 
             self._pool.submit(job, values.nbytes)
             self._written[site] += values.shape[layout.stream_axis]
