@@ -51,7 +51,8 @@ def test_round_trip(tmp_path, make_info, feed_sink, stream_axis, num_chains):
 
 def test_directory_name_and_store_layout(tmp_path, make_info, feed_sink):
     info, data = make_info(chunk=4)
-    sink = ZarrSink(tmp_path / "new" / "base")  # created with parents
+    # created with parents; one chunk per block
+    sink = ZarrSink(tmp_path / "new" / "base", coalesce_bytes=0)
     feed_sink(sink, info, data)
     sink.commit()
     (path,) = (tmp_path / "new" / "base").iterdir()
@@ -77,11 +78,28 @@ def test_directory_name_and_store_layout(tmp_path, make_info, feed_sink):
 
 def test_draw_streaming_chunks(tmp_path, make_info, feed_sink):
     info, data = make_info(stream_axis=0, draws=10, chunk=4)
-    sink = ZarrSink(tmp_path)
+    sink = ZarrSink(tmp_path, coalesce_bytes=0)
     feed_sink(sink, info, data)
     tree = sink.commit()
     assert zarr.open_group(sink.path, mode="r")["y"].chunks == (4, 10)
     np.testing.assert_array_equal(tree["posterior_predictive"]["y"].values[0], data["y"])
+
+
+@pytest.mark.parametrize("stream_axis", [0, 1], ids=["draw-streaming", "obs-streaming"])
+def test_small_blocks_are_written_a_few_per_chunk(tmp_path, make_info, feed_sink, stream_axis):
+    info, data = make_info(stream_axis=stream_axis, draws=12, obs=14, chunk=2)
+    # blocks of 2 entries; a chunk gathers 3 of them (the last chunk: 1 or 2 blocks)
+    block_bytes = data["y"].nbytes // data["y"].shape[stream_axis] * 2
+    sink = ZarrSink(tmp_path, coalesce_bytes=3 * block_bytes)
+    count = -(-data["y"].shape[stream_axis] // 2)
+    feed_sink(sink, info, data, order=reversed(range(count)))  # out of order, last partial
+    tree = sink.commit()
+    y = zarr.open_group(sink.path, mode="r")["y"]
+    assert y.chunks[stream_axis] == 6
+    written = [p for p in (sink.path / "y" / "c").rglob("*") if p.is_file()]
+    assert len(written) == -(-y.shape[stream_axis] // 6)  # one file per chunk
+    np.testing.assert_array_equal(tree["posterior_predictive"]["y"].values[0], data["y"])
+    np.testing.assert_array_equal(tree["posterior_predictive"]["z"].values[0], data["z"])
 
 
 def test_plain_xarray_reopens_artifact(tmp_path, make_info, feed_sink):
@@ -169,7 +187,7 @@ def test_read_after_deletion_raises(tmp_path, make_info, feed_sink):
 
 def test_missing_chunk_raises(tmp_path, make_info, feed_sink):
     info, data = make_info()
-    sink = ZarrSink(tmp_path)
+    sink = ZarrSink(tmp_path, coalesce_bytes=0)  # several chunks
     feed_sink(sink, info, data)
     tree = sink.commit()
     os.remove(sink.path / "y" / "c" / "0" / "1")
@@ -229,7 +247,7 @@ def test_unsafe_dtype_is_rejected(tmp_path, make_info):
 
 def test_writer_error_propagates_and_removes_directory(tmp_path, make_info, monkeypatch):
     info, data = make_info(obs=40)
-    sink = ZarrSink(tmp_path)
+    sink = ZarrSink(tmp_path, coalesce_bytes=0)  # one write per block
     sink.open(info)
     array_type = type(sink._arrays["y"])
     original = array_type.__setitem__
@@ -358,7 +376,7 @@ def test_make_sink_validates_store(tmp_path):
 
 def test_lazy_reader_keeps_chunk_layout(tmp_path, make_info, feed_sink):
     info, data = make_info(stream_axis=0, draws=12, num_chains=2, chunk=4)
-    sink = ZarrSink(tmp_path)
+    sink = ZarrSink(tmp_path, coalesce_bytes=0)
     feed_sink(sink, info, data)
     y = sink.commit()["posterior_predictive"]["y"]
     assert y.chunks[0] == (1, 1) and y.chunks[1] == (4, 2)
