@@ -253,7 +253,11 @@ class PersistentJit:
     def _load_or_compile(self, args: tuple) -> Any:
         module = _serialization()
         traced = self.jitted.trace(*args)
-        key = program_key(traced) if module is not None else None
+        try:
+            key = program_key(traced) if module is not None else None
+        except Exception as err:  # an unusual program: compile it, do not cache it
+            logger.info("No executable cache key: %s", err)
+            key = None
         path = self.directory / f"{key}.bin" if key else None
         if path is not None and path.is_file():
             try:
