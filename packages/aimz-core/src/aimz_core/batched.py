@@ -10,7 +10,7 @@ import jax
 from jax import random
 
 from aimz_core.engine import take_draws
-from aimz_core.executable_cache import PersistentJit
+from aimz_core.executable_cache import PersistentJit, call_signature
 from aimz_core.planning import per_draw_bytes
 from aimz_core.sampling import forward_draw, loglik_draw
 from aimz_core.sharding import DeviceLayout, shard_draws, shard_obs
@@ -47,27 +47,6 @@ class BatchConfig:
     chunk: int | None = None
 
 
-def abstract_signature(tree: Any) -> tuple:
-    """A hashable description of ``tree``'s structure and leaf shapes and dtypes.
-
-    Example:
-        >>> import numpy as np
-        >>> abstract_signature({"x": np.zeros((2, 3))}) == abstract_signature(
-        ...     {"x": np.ones((2, 3))})
-        True
-    """
-    leaves, treedef = jax.tree.flatten(tree)
-    return (
-        treedef,
-        tuple(
-            (tuple(leaf.shape), str(leaf.dtype))
-            if hasattr(leaf, "shape") and hasattr(leaf, "dtype")
-            else (type(leaf).__name__,)
-            for leaf in leaves
-        ),
-    )
-
-
 @dataclass
 class BatchFunction:
     """A jitted batch function plus the plate names its first trace recorded."""
@@ -80,7 +59,7 @@ class BatchFunction:
     def draw_bytes(self, args: tuple) -> int:
         """:func:`~aimz_core.planning.per_draw_bytes` of ``one(*args)``, memoised by
         the shapes and dtypes of ``args`` (planning a repeated call traces nothing)."""
-        key = abstract_signature(args)
+        key = call_signature(args)
         if key not in self._draw_bytes:
             self._draw_bytes[key] = per_draw_bytes(self.one, args)
         return self._draw_bytes[key]

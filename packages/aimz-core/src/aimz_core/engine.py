@@ -48,10 +48,7 @@ def take_draws(
         ([4.0, 5.0, 5.0], [4, 5, 6])
     """
     idx = start + jax.numpy.arange(size)
-    chunk = {}
-    for k, v in post.items():
-        rows = jax.numpy.minimum(idx, v.shape[0] - 1)
-        chunk[k] = jax.numpy.take(v, rows, axis=0, mode="clip")
+    chunk = {k: jax.numpy.take(v, idx, axis=0, mode="clip") for k, v in post.items()}
     return chunk, idx
 
 

@@ -178,17 +178,30 @@ def _serialization() -> Any:
     return serialize_executable
 
 
-def _signature(args: tuple) -> tuple | None:
-    """Hashable types of ``args`` (shape, dtype, weak type, sharding); ``None`` for tracers."""
+def call_signature(args: Any) -> tuple | None:
+    """Hashable types of ``args``: structure, and shape, dtype, weak type and sharding of
+    every leaf with a shape and a dtype (arrays, ``ShapeDtypeStruct``); ``None`` when a
+    leaf is a tracer (a call inside another transformation).
+
+    Example:
+        >>> import numpy as np
+        >>> call_signature({"x": np.zeros((2, 3))}) == call_signature({"x": np.ones((2, 3))})
+        True
+    """
     leaves, treedef = jax.tree.flatten(args)
     out = []
     for leaf in leaves:
         if isinstance(leaf, jax.core.Tracer):
             return None
-        if isinstance(leaf, jax.Array):
-            out.append((leaf.shape, leaf.dtype, getattr(leaf, "weak_type", False), leaf.sharding))
-        elif isinstance(leaf, np.ndarray):
-            out.append((leaf.shape, leaf.dtype))
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            out.append(
+                (
+                    tuple(leaf.shape),
+                    str(leaf.dtype),
+                    getattr(leaf, "weak_type", False),
+                    getattr(leaf, "sharding", None),
+                )
+            )
         else:
             out.append((type(leaf), np.shape(leaf)))
     return treedef, tuple(out)
@@ -226,7 +239,7 @@ class PersistentJit:
     def __call__(self, *args: Any) -> Any:
         if self.directory is None:
             return self.jitted(*args)
-        signature = _signature(args)
+        signature = call_signature(args)
         if signature is None:  # traced inside another transformation
             return self.jitted(*args)
         compiled = self._compiled.get(signature)
@@ -238,14 +251,6 @@ class PersistentJit:
     def eval_shape(self, *args: Any) -> Any:
         """Output shapes and dtypes for ``args`` (traces, never compiles)."""
         return jax.eval_shape(self.jitted, *args)
-
-    def trace(self, *args: Any) -> Any:
-        """``jitted.trace(*args)``."""
-        return self.jitted.trace(*args)
-
-    def lower(self, *args: Any) -> Any:
-        """``jitted.lower(*args)``."""
-        return self.jitted.lower(*args)
 
     def _cache_size(self) -> int:
         return max(len(self._compiled), self.jitted._cache_size())

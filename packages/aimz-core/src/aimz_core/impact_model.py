@@ -1247,16 +1247,17 @@ class ImpactModel:
             batch_size = balanced_batch_size(batch_size, total, ndev)
         size = min(batch_size, total)
         size = max(ndev, math.ceil(size / ndev) * ndev)
-        if shard_axis == "draw" and not sharded:
-            config = dataclasses.replace(config, chunk=size)
-            plan = dataclasses.replace(plan, config=config)
+        # The chunk convention of the draw path follows the plan (`_plan_config`).
+        plan = dataclasses.replace(plan, size=size)
+        config = self._plan_config(plan)
+        plan = dataclasses.replace(plan, config=config)
         if kind == "loglik" and shard_axis == "obs":
             probe_rows = {k: v[:1] for k, v in bound.arrays.items()}
             check_subsample_plates(
                 global_trace(self._kernel, self._rng_key, {**probe_rows, **bound.extras}),
                 min(size, total),
             )
-        probe_args = self._abstract_block_args(plan, size, fused=config.chunk is not None)
+        probe_args = self._abstract_block_args(plan, size)
         config = self._blocked_config(
             config,
             bound.extras,
@@ -1321,11 +1322,9 @@ class ImpactModel:
         i: int,
         start: int,
         rows: Mapping[str, Any],
-        *,
-        size: int | None = None,
     ) -> tuple:
         """Arguments of the batch function for batch ``i`` (rows already sliced on "obs")."""
-        size = plan.size if size is None else size
+        size = plan.size
         config = self._plan_config(plan)
         sharded = config.sharded
         if plan.kind == "prior":
@@ -1354,14 +1353,14 @@ class ImpactModel:
             chunk, idx = jax.device_put((chunk, idx), self._layout.partitioned)
         return (chunk, (plan.key, idx), dev_arrays, plan.intervention, plan.condition)
 
-    def _abstract_block_args(self, plan: StreamPlan, size: int, *, fused: bool = False) -> tuple:
+    def _abstract_block_args(self, plan: StreamPlan, size: int) -> tuple:
         """Shapes-only arguments of the batch function for a batch of ``size``.
 
         Planning traces the batch function with these (``jax.eval_shape``, one-draw
         jaxprs): no input rows are read or padded and no posterior is copied.
         The avals equal those of :meth:`_block_args`, so the trace is reused by
-        the first real dispatch. ``fused``: the draw-path convention of a config
-        with ``chunk`` set (the whole posterior and the first draw's index).
+        the first real dispatch. When the plan's config has ``chunk`` set, the
+        draw path passes the whole posterior and the first draw's index.
         """
         sharded = self._layout.num_devices > 1
 
@@ -1379,7 +1378,7 @@ class ImpactModel:
         inputs = {
             k: spec(v, tuple(v.shape), self._layout.replicated) for k, v in plan.arrays.items()
         }
-        if fused:
+        if plan.config.chunk is not None:
             return (post, (plan.key, 0), inputs, plan.intervention, plan.condition)
         chunk = {
             k: spec(v, (size, *v.shape[1:]), self._layout.partitioned) for k, v in post.items()

@@ -120,7 +120,6 @@ class ZarrSink(Sink):
         self._written: dict[str, int] = {}
         self._pool: WriterPool | None = None
         self._group: Any = None
-        self._attrs: dict[str, Any] = {}
         self._tree: xr.DataTree | None = None
         self._state = "new"
 
@@ -132,12 +131,12 @@ class ZarrSink(Sink):
         self._info = info
         try:
             self.path = create_call_dir(self.base_dir, info.caller).resolve()
-            self._attrs = store_attrs(info)
+            attrs = store_attrs(info)
             self._group = zarr.open_group(
                 zarr.storage.LocalStore(self.path),
                 mode="w",
                 zarr_format=3,
-                attributes=self._attrs,
+                attributes=attrs,
             )
             self._chunk_len = {
                 name: coalesced_chunk(layout, self.coalesce_bytes)
@@ -159,7 +158,7 @@ class ZarrSink(Sink):
             self._tree = tree_from_store(
                 zarr.storage.LocalStore(self.path, read_only=True),
                 self.path,
-                self._attrs,
+                attrs,
                 list(self._arrays),
                 posterior=info.posterior,
                 posterior_dims=info.posterior_dims,
