@@ -1,5 +1,6 @@
 """Serialization (spec section 9): posterior, KernelSpec and SVI state survive a pickle
-round trip, runtime caches are rebuilt, and draws are identical across processes."""
+round trip, runtime caches are rebuilt, and another process (same environment, so the
+same compiled programs) draws bit-identical values."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from aimz_core import ImpactModel, PerformanceWarning
 from aimz_core import impact_model as impact_model_module
 from numpyro.infer import MCMC, NUTS
 
+from ..aimz_testing import assert_close_float
 from .conftest import N_DRAWS, key_data, linreg, make_svi
 
 KEY = jax.random.key(77)
@@ -151,12 +153,15 @@ def test_pickle_predicts_identically_in_another_process(tmp_path, data):
     )
     obs = model.predict(X, batch_size=25, rng_key=key, progress=False, return_datatree=False)
     ll = model.log_likelihood(X, y, batch_size=25, progress=False, return_datatree=False)
-    np.testing.assert_array_equal(draw["y"], on_batch["y"])
+    # same per-draw keys, but the chunked draw path is another compiled program
+    assert_close_float(draw["y"], on_batch["y"])
 
     script = tmp_path / "child.py"
     script.write_text(SUBPROCESS)
     result_path = tmp_path / "result.npz"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    # The child inherits this process's environment, XLA_FLAGS included (an ISA limit
+    # or device count), so it compiles the very programs this process ran.
+    env = dict(os.environ)
     proc = subprocess.run(
         [sys.executable, str(script), str(path), str(result_path)],
         capture_output=True,
@@ -170,8 +175,9 @@ def test_pickle_predicts_identically_in_another_process(tmp_path, data):
 
     for site, value in model.posterior.items():
         np.testing.assert_array_equal(child["post_" + site], np.asarray(value))
+    # each path against the same path here: the same program, so bit-identical
     np.testing.assert_array_equal(child["on_batch"], on_batch["y"])
     np.testing.assert_array_equal(child["mu"], on_batch["mu"])
-    np.testing.assert_array_equal(child["draw"], on_batch["y"])
+    np.testing.assert_array_equal(child["draw"], draw["y"])
     np.testing.assert_array_equal(child["obs"], obs["y"])
     np.testing.assert_allclose(child["ll"], ll["y"], rtol=1e-6)

@@ -5,7 +5,6 @@ corrupt entry."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from aimz_core.executable_cache import PersistentJit, executable_cache_dir, program_key
+
+from ..aimz_testing import child_env
 
 CHILD = textwrap.dedent(
     """
@@ -49,10 +50,9 @@ CHILD = textwrap.dedent(
 def _run_child(tmp_path: Path, devices: int = 1, **env: str) -> dict:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    environ = {**os.environ, "AIMZ_CACHE_DIR": str(tmp_path / "cache"), **env}
-    environ.pop("XLA_FLAGS", None)
-    if devices > 1:
-        environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # Inherited XLA_FLAGS are kept (an ISA limit reaches the child); only the host
+    # device count is replaced by `devices`.
+    environ = child_env(devices, AIMZ_CACHE_DIR=str(tmp_path / "cache"), **env)
     proc = subprocess.run(
         [sys.executable, str(script)], env=environ, capture_output=True, text=True, timeout=300
     )

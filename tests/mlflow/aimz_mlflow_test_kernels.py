@@ -1,9 +1,10 @@
-"""Kernel used by the MLflow flavor tests.
+"""Kernels used by the MLflow flavor tests.
 
-It lives in its own module so that a saved model can carry it as a code path
+They live in their own module so that a saved model can carry the module as a code path
 (``code_paths=[__file__]``) and load in a fresh process or a model server.
 """
 
+import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
@@ -16,3 +17,10 @@ def linear_kernel(X, y=None):
     mu = numpyro.deterministic("mu", X @ w + b)
     with numpyro.plate("obs", X.shape[0]):
         numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+
+def poisson_kernel(X, y=None):
+    """Poisson regression: its draws need a key from the registered threefry PRNG."""
+    w = numpyro.sample("w", dist.Normal(0.0, 0.5).expand([X.shape[1]]).to_event(1))
+    with numpyro.plate("obs", X.shape[0]):
+        numpyro.sample("y", dist.Poisson(jnp.exp(X @ w)), obs=y)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import random
 
-from aimz_core.rng import coerce_key, key_seed
+from aimz_core.rng import coerce_key, key_seed, pack_keys, unpack_keys
 
 
 class ArrayDataset:
@@ -96,6 +96,13 @@ class ArrayLoader:
 
     def __len__(self) -> int:
         return math.ceil(len(self.dataset) / self.batch_size)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The key travels as data plus implementation name (see `aimz_core.rng`).
+        return pack_keys(dict(self.__dict__))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(unpack_keys(state))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         n = len(self.dataset)

@@ -54,7 +54,8 @@ from aimz_core.planning import (
     block_for_draw_bytes,
     rows_for_intermediates,
 )
-from aimz_core.rng import coerce_key
+from aimz_core.recorded_sites import drop_guide_only_sites, recorded_sites
+from aimz_core.rng import coerce_key, pack_keys, unpack_keys
 from aimz_core.sampling import check_subsample_plates, global_trace
 from aimz_core.sharding import DeviceLayout
 from aimz_core.sinks import MemorySink, SiteLayout, StreamInfo
@@ -180,9 +181,12 @@ class ImpactModel:
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in _RUNTIME_ATTRS}
+        # Keys (own, SVI/MCMC states, `vi_result`, inference object) are stored as key
+        # data plus implementation name: see `aimz_core.rng.pack_keys`.
+        return pack_keys({k: v for k, v in self.__dict__.items() if k not in _RUNTIME_ATTRS})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(unpack_keys(state))
         state.setdefault("_is_fitted", False)
         state.setdefault("_num_chains", 1)
         self.__dict__.update(state)
@@ -471,7 +475,8 @@ class ImpactModel:
             svi.guide, params=self._vi_result.params, num_samples=num_samples, parallel=True
         )
         args = {k: v for k, v in args.items() if k != self._param_output}
-        return dict(predictive(key, **args))
+        # Guide-only sites (`_auto_latent` of the AutoContinuous guides) stay internal.
+        return drop_guide_only_sites(predictive(key, **args), self._kernel_spec, svi.guide)
 
     def _store_posterior(self, posterior: Mapping[str, Any], num_chains: int) -> None:
         self._posterior = dict(posterior)
@@ -722,6 +727,13 @@ class ImpactModel:
     ) -> Self:
         """Use posterior samples drawn elsewhere; the model counts as fitted.
 
+        Sites are checked against the traces of the kernel known without tracing
+        again: the kernel spec once a fit or prior predictive call has traced the
+        kernel, and the prototype trace of an initialised SVI auto guide. A site that
+        none of them records (a guide-only site such as ``_auto_latent``) is kept but
+        warned about; the kernel is never traced here, so on a model with no known
+        trace nothing is checked.
+
         Args:
             posterior_sample: ``{site: array}`` with a shared leading draw axis
                 (``num_chains * draws``). Deterministic sites should be left out.
@@ -730,6 +742,10 @@ class ImpactModel:
         Raises:
             ValueError: For an empty dict, 0-D values, differing leading sizes or a
                 leading size not divisible by ``num_chains``.
+
+        Warns:
+            OutputWarning: If the output site is given (it is removed), or if no
+                known trace of the kernel records a site of ``posterior_sample``.
 
         Example:
             >>> # model.set_posterior_sample({"w": np.random.randn(500)})
@@ -767,6 +783,16 @@ class ImpactModel:
             raise ValueError(
                 f"The leading size {n} of `posterior_sample` is not divisible by "
                 f"`num_chains={num_chains}`."
+            )
+        recorded = recorded_sites(self._kernel_spec, getattr(self._inference, "guide", None))
+        unknown = [k for k in samples if recorded is not None and k not in recorded]
+        if unknown:
+            warnings.warn(
+                f"No trace of the kernel records the site(s) {', '.join(map(repr, unknown))} "
+                "of `posterior_sample`; they are kept in `posterior`, but the predictive "
+                "methods ignore them unless the kernel records them.",
+                OutputWarning,
+                stacklevel=2,
             )
         if self._kernel_spec is None:
             self._kernel_spec = KernelSpec(
@@ -1421,7 +1447,10 @@ class ImpactModel:
             ``{site: array}`` with ``stop - start`` entries along the stream axis.
             On the ``"obs"`` path batch ``i`` uses the key ``fold_in(key, i)``; on
             the ``"draw"`` path draw ``d`` uses ``fold_in(key, d)`` whatever the
-            batch, so the draws equal those of a single-process call.
+            batch, so the draws use the keys of a single-process call. Their values
+            are bit-identical to it when this host runs the same compiled program
+            (same batch size, device count, CPU and ``XLA_FLAGS``), and equal to
+            floating-point rounding otherwise.
         """
         if rows is None:
             if plan.shard_axis == "obs":

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from aimz_core.batched import BatchConfig
+from aimz_core.rng import pack_keys, unpack_keys
 from aimz_core.sinks import StreamInfo
 
 
@@ -81,7 +82,11 @@ class StreamPlan:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["runtime"] = {}  # device buffers, rebuilt where the plan is used
-        return state
+        # The key travels as data plus implementation name (see `aimz_core.rng`).
+        return pack_keys(state)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(unpack_keys(state))
 
     def for_workers(self) -> StreamPlan:
         """A light copy to ship to workers: no input arrays, no posterior copy."""
