@@ -571,10 +571,10 @@ def test_sample_mcmc(data, mcmc_model):
     unfitted = MCMC(NUTS(linreg), num_warmup=5, num_samples=5, progress_bar=False)
     fresh = ImpactModel(linreg, rng_key=KEY, inference=unfitted)
     with pytest.raises(NotFittedError, match="no MCMC state to sample from"):
-        fresh.sample(num_samples=5, X=X, y=y)
+        fresh.sample(num_samples=5, X=X, y=y, return_datatree=False)
     posterior = mcmc_model.posterior
     with pytest.raises(TypeError, match=r"'y' must be provided in `\.sample\(\)`"):
-        mcmc_model.sample(num_samples=5, X=X)
+        mcmc_model.sample(num_samples=5, X=X, return_datatree=False)
     before = key_data(mcmc_model.rng_key)
     draws = mcmc_model.sample(num_samples=20, X=X, y=y, return_datatree=False)
     assert {k: v.shape for k, v in draws.items()} == {
