@@ -1,9 +1,9 @@
 """Measuring one call: wall, CPU, sampled peak RSS, and engine instrumentation.
 
 The engine is observed, never changed: :class:`EngineProbe` swaps the ``stream``
-name that ``aimz_core.impact_model`` imported for a wrapper that timestamps every
-``launch`` (dispatch of one batch), every host wait (``np.asarray`` inside
-``aimz_core.engine``) and every sink call, then calls the real ``stream``. Each of
+function of ``aimz_core.streaming.stream`` (which ``run_plan`` calls) for a wrapper
+that timestamps every ``launch`` (dispatch of one batch), every host wait
+(``np.asarray`` inside that module) and every sink call, then calls the real ``stream``. Each of
 these also records the main thread's CPU time (``time.thread_time``), so the
 engine's Python per batch is measured apart from waits, and the Zarr writer
 pool's jobs are timed to count the chunk writes still running when the last
@@ -145,7 +145,7 @@ class StreamRecord:
 
 
 class _TimedNumpy(types.ModuleType):
-    """``numpy`` for ``aimz_core.engine`` whose ``asarray`` records its wait."""
+    """``numpy`` for ``aimz_core.streaming.stream`` whose ``asarray`` records its wait."""
 
     def __init__(self, probe: EngineProbe) -> None:
         super().__init__("numpy")
@@ -200,8 +200,9 @@ class EngineProbe:
         self.records: list[StreamRecord] = []
 
     def __enter__(self) -> EngineProbe:
-        import aimz_core.engine as engine
-        import aimz_core.impact_model as im
+        import aimz_core.streaming.stream as engine
+
+        im = engine
 
         self._im, self._engine = im, engine
         self._orig_stream = im.stream

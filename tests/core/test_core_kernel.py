@@ -11,7 +11,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 from aimz_core import AimzWarning, ImpactModel, KernelSpec, KernelValidationError
-from aimz_core import impact_model as impact_model_module
+from aimz_core import model as impact_model_module
 from aimz_core.kernel_spec import coerce_return_sites
 from numpyro import handlers
 

@@ -26,6 +26,7 @@ import numpyro.distributions as dist
 import pytest
 from aimz_core import ArrayDataset, ArrayLoader, ImpactModel
 from aimz_core.rng import PickledKey, is_typed_key, pack_keys, unpack_keys
+from aimz_core.streaming import StreamOptions, plan_call, resolve_inputs
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
@@ -196,25 +197,16 @@ def test_array_loader_and_stream_plan_keep_their_key(impl: str) -> None:
     family = "poisson" if impl == "threefry2x32" else "gamma"  # Poisson draws need threefry
     model = fit(family)
     X, _ = make_data(family)
-    plan, _ = model._plan_stream(
-        "predict",
-        "predict",
-        "posterior_predictive",
-        X,
-        None,
-        num_samples=None,
-        intervention=None,
-        condition=None,
+    options = StreamOptions(
+        kind="predict",
+        caller="predict",
         rng_key=jax.random.key(2, impl=impl),
-        return_sites=None,
-        shard_axis="obs",
         batch_size=8,
         store="memory",
-        output_dir=None,
         return_datatree=False,
-        kwargs={},
-        desc="predict",
     )
+    inputs = resolve_inputs(model, X, None, options)
+    plan = plan_call(options, inputs, model._runner(), param_input="X")
     shipped = pickle.loads(pickle.dumps(plan.for_workers()))
     assert str(jax.random.key_impl(shipped.key)) == impl
     assert_registered(shipped.key)

@@ -18,7 +18,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 from aimz_core import ImpactModel, PerformanceWarning
-from aimz_core import impact_model as impact_model_module
+from aimz_core import model as impact_model_module
 from numpyro.infer import MCMC, NUTS
 
 from ..aimz_testing import assert_close_float

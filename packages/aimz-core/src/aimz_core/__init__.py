@@ -29,7 +29,7 @@ except PackageNotFoundError:  # pragma: no cover - source checkout without insta
 # Names whose modules import JAX: loaded on first access so that importing the
 # package (for its exceptions, sinks or version) stays cheap.
 _LAZY = {
-    "ImpactModel": "aimz_core.impact_model",
+    "ImpactModel": "aimz_core.model",
     "ArrayDataset": "aimz_core.data",
     "ArrayLoader": "aimz_core.data",
 }

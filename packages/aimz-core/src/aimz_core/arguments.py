@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from aimz_core.data import ArrayLoader, is_loader
+from aimz_core.exceptions import OutputWarning
 from aimz_core.kernel import kernel_signature
 
 
@@ -49,6 +52,22 @@ def host_rows(value: Any, start: int | None = None, stop: int | None = None) -> 
     """
     rows = value if start is None and stop is None else value[start:stop]
     return rows if isinstance(rows, (np.ndarray, jax.Array)) else np.asarray(rows)
+
+
+def pad_rows(x: Any, size: int) -> Any:
+    """Pad ``x`` along axis 0 to ``size`` rows by repeating the last row.
+
+    Example:
+        >>> import numpy as np
+        >>> pad_rows(np.array([1, 2]), 4).tolist()
+        [1, 2, 2, 2]
+    """
+    n = x.shape[0]
+    if n == size:
+        return x
+    if isinstance(x, np.ndarray):
+        return np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)], axis=0)
+    return jax.numpy.concatenate([x, jax.numpy.repeat(x[-1:], size - n, axis=0)], axis=0)
 
 
 def as_array(value: Any, name: str, *, lazy: bool = False) -> Any:
@@ -145,6 +164,84 @@ def bind_arguments(
         else:
             extras[name] = value
     return KernelArgs(arrays=arrays, extras=extras)
+
+
+def as_jax_tree(values: Mapping[str, Any] | None, name: str) -> dict[str, jax.Array]:
+    """``intervention``/``condition`` values as ``{site: jax array}`` (``{}`` for None).
+
+    Example:
+        >>> as_jax_tree({"w": 1.0}, "intervention")["w"].dtype
+        dtype('float32')
+    """
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise TypeError(
+            f"`{name}` must be a mapping of site names to values, got {type(values).__name__}."
+        )
+    return {str(k): jax.numpy.asarray(v) for k, v in values.items()}
+
+
+def streaming_arguments(
+    kernel: Callable,
+    param_input: str,
+    param_output: str,
+    X: Any,
+    y: Any,
+    kwargs: Mapping[str, Any],
+) -> tuple[KernelArgs, int | None]:
+    """Bind arrays, an ``ArrayLoader`` or an iterable of mappings to the kernel.
+
+    Lazy arrays (Dask, Zarr) stay unread. Returns the bound arguments and, for a
+    loader, its batch size.
+
+    Example:
+        >>> def k(X, y=None): ...
+        >>> bound, batch = streaming_arguments(k, "X", "y", np.zeros((3, 1)), None, {})
+        >>> sorted(bound.arrays), batch
+        (['X'], None)
+    """
+    reject_reserved(kwargs, param_input, param_output)
+    if is_loader(X):
+        if y is not None:
+            raise TypeError("`y` must be `None` when `X` is already a data loader.")
+        if any(is_array_like(v) for v in kwargs.values()):
+            raise ValueError(
+                "Array keyword arguments are not supported alongside a data loader; "
+                "add them to the loader's dataset instead."
+            )
+        if isinstance(X, ArrayLoader):
+            if X.shuffle:
+                warnings.warn(
+                    "The data loader shuffles; aimz reads its dataset in order so "
+                    "results follow the data order.",
+                    OutputWarning,
+                    stacklevel=5,
+                )
+            fields = dict(X.dataset.arrays)
+            loader_batch: int | None = X.batch_size
+        else:
+            batches = [dict(b) for b in X]
+            if not batches:
+                raise ValueError("The data loader yielded no batches.")
+            fields = {k: np.concatenate([np.asarray(b[k]) for b in batches]) for k in batches[0]}
+            loader_batch = len(next(iter(batches[0].values())))
+        if param_input not in fields:
+            raise ValueError(
+                f"The data loader must provide a field named {param_input!r}; got {sorted(fields)}."
+            )
+        X_f = fields.pop(param_input)
+        y_f = fields.pop(param_output, None)
+        bound = bind_arguments(
+            kernel, param_input, param_output, X_f, y_f, {**fields, **kwargs}, lazy=True
+        )
+        check_aligned(bound.arrays, param_input)
+        return bound, loader_batch
+    if not is_array_like(X):
+        raise TypeError(f"`X` must be an array-like or a data loader, got {type(X).__name__!r}.")
+    bound = bind_arguments(kernel, param_input, param_output, X, y, kwargs, lazy=True)
+    check_aligned(bound.arrays, param_input)
+    return bound, None
 
 
 def check_aligned(arrays: Mapping[str, Any], param_input: str) -> int:

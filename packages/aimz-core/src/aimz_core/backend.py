@@ -1,19 +1,95 @@
-"""Where results go: the optional ``aimz-io`` backend and output directories."""
+"""Where results go: the IO backend protocol, its registration, output directories.
+
+The core streams arrays; DataTrees, Zarr stores and Dask runs belong to an IO
+backend, an object (usually a module) with the functions of :class:`IOBackend`.
+``aimz-io`` is one: it registers :mod:`aimz_io.backend` with
+:func:`register_backend` when imported, and (once its distribution declares it)
+under the ``aimz_core.backends`` entry point group, so an installed backend is
+found without being imported first. The core never imports a backend by itself:
+it resolves the registered target through the import system on each use, so a
+blocked or missing backend raises the usual :class:`ImportError` with the install
+hint.
+"""
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
+from functools import cache
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Literal, Protocol, runtime_checkable
 
 INSTALL_HINT = (
     "Install it with `pip install aimz-io` (or the full `pip install aimz`), or ask "
     "for plain arrays with `return_datatree=False`."
 )
 
+#: Entry point group under which distributions declare an IO backend module.
+ENTRY_POINT_GROUP = "aimz_core.backends"
+
+#: Backends found when no distribution declares the entry point and none was
+#: registered yet (the ``aimz-io`` distribution predates the entry point).
+_FALLBACK = ("aimz_io.backend",)
+
+_registered: list[str] = []
+
+
+@runtime_checkable
+class IOBackend(Protocol):
+    """The functions the core calls on an IO backend.
+
+    Example:
+        >>> import types
+        >>> isinstance(types.SimpleNamespace(), IOBackend)
+        False
+    """
+
+    def make_sink(
+        self,
+        *,
+        store: Literal["persistent", "memory"],
+        base_dir: Path | None,
+        progress: bool = True,
+    ) -> Any:
+        """The :class:`~aimz_core.streaming.Sink` of one streamed call."""
+
+    def tree_from_arrays(self, groups: dict[str, Any], **kwargs: Any) -> Any:
+        """A DataTree of in-memory results."""
+
+    def resolve_client(self, client: Any) -> Any:
+        """The Dask client of a distributed call."""
+
+    def run_distributed(self, model: Any, plan: Any, **kwargs: Any) -> Any:
+        """Run a planned call on Dask workers, resumably or to an object store."""
+
+    def effect_tree(self, baseline: Any, intervention: Any, **kwargs: Any) -> Any:
+        """The DataTree of the effect of an intervention."""
+
+
+def register_backend(module: str) -> None:
+    """Register the IO backend module ``module`` (imported by name on use).
+
+    Example:
+        >>> register_backend("aimz_io.backend")
+    """
+    if module not in _registered:
+        _registered.append(module)
+
+
+@cache
+def _declared() -> tuple[str, ...]:
+    """Backend modules declared under :data:`ENTRY_POINT_GROUP` (scanned once)."""
+    return tuple(ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _targets() -> tuple[str, ...]:
+    return (*_registered, *_declared()) or _FALLBACK
+
 
 def io_backend(purpose: str = "DataTree outputs") -> ModuleType:
-    """Import ``aimz_io.backend`` or raise an ``ImportError`` with the install hint.
+    """The IO backend, or an ``ImportError`` with the install hint.
 
     Example:
         >>> try:
@@ -21,17 +97,32 @@ def io_backend(purpose: str = "DataTree outputs") -> ModuleType:
         ... except ImportError:
         ...     backend = None
     """
-    try:
-        return importlib.import_module("aimz_io.backend")
-    except ImportError as err:
-        if err.name not in (None, "aimz_io", "aimz_io.backend"):
-            raise
-        raise ImportError(f"{purpose} need the `aimz-io` distribution. {INSTALL_HINT}") from err
+    targets = _targets()
+    for target in targets:
+        try:
+            return importlib.import_module(target)
+        except ImportError as err:
+            parts = target.split(".")
+            names = {".".join(parts[: i + 1]) for i in range(len(parts))}
+            if err.name not in (None, *names):
+                raise
+    raise ImportError(f"{purpose} need the `aimz-io` distribution. {INSTALL_HINT}")
 
 
 def has_io_backend() -> bool:
-    """Whether ``aimz-io`` is importable."""
-    return importlib.util.find_spec("aimz_io") is not None
+    """Whether an IO backend is importable.
+
+    Example:
+        >>> isinstance(has_io_backend(), bool)
+        True
+    """
+    for target in _targets():
+        try:
+            if importlib.util.find_spec(target.split(".")[0]) is not None:
+                return True
+        except ValueError:  # a module set to None in sys.modules
+            continue
+    return False
 
 
 def is_url(output_dir: object) -> bool:
@@ -47,7 +138,12 @@ def is_url(output_dir: object) -> bool:
 
 
 def resolve_output_dir(output_dir: str | Path) -> Path | str:
-    """Expand and resolve a user-given output directory and create it (URLs are kept)."""
+    """Expand and resolve a user-given output directory and create it (URLs are kept).
+
+    Example:
+        >>> resolve_output_dir("s3://bucket/runs")
+        's3://bucket/runs'
+    """
     if is_url(output_dir):
         return str(output_dir)
     if not isinstance(output_dir, (str, Path)):
@@ -59,3 +155,17 @@ def resolve_output_dir(output_dir: str | Path) -> Path | str:
         raise NotADirectoryError(f"`output_dir` {str(path)!r} exists and is not a directory.")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+__all__ = [
+    # the backend protocol and its registration
+    "ENTRY_POINT_GROUP",
+    "INSTALL_HINT",
+    "IOBackend",
+    "has_io_backend",
+    "io_backend",
+    "register_backend",
+    # output locations
+    "is_url",
+    "resolve_output_dir",
+]

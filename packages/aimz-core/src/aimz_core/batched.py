@@ -9,7 +9,7 @@ from typing import Any, Literal
 import jax
 from jax import random
 
-from aimz_core.engine import take_draws
+from aimz_core._posterior import take_draws
 from aimz_core.executable_cache import PersistentJit, call_signature
 from aimz_core.planning import per_draw_bytes
 from aimz_core.sampling import forward_draw, loglik_draw

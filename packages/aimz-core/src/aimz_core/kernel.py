@@ -147,3 +147,40 @@ def validate_kernel_body(
             f"Kernel parameters conflict with model sites: {', '.join(conflicts)}. "
             "Rename either the parameter or the site."
         )
+
+
+def validate_model_arguments(
+    kernel: Callable, inference: Any, param_input: str, param_output: str
+) -> None:
+    """Check the arguments of :class:`~aimz_core.model.ImpactModel` (the kernel
+    signature included).
+
+    Raises:
+        TypeError: For empty or non-string parameter names, or an ``inference``
+            that is neither ``SVI`` nor ``MCMC``.
+        ValueError: For equal parameter names or SVI ``static_kwargs``.
+        KernelValidationError: If the kernel signature breaks the contract.
+
+    Example:
+        >>> from aimz_core.testing import linreg, make_svi
+        >>> validate_model_arguments(linreg, make_svi(), "X", "y")
+    """
+    from numpyro.infer import MCMC, SVI
+
+    for name, value in (("param_input", param_input), ("param_output", param_output)):
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"`{name}` must be a non-empty string, got {value!r}.")
+    if param_input == param_output:
+        raise ValueError("`param_input` and `param_output` must differ.")
+    validate_kernel_signature(kernel, param_input, param_output)
+    if not isinstance(inference, (SVI, MCMC)):
+        raise TypeError(
+            f"Unsupported inference object: `{type(inference).__name__}`. Expected "
+            "`SVI` or `MCMC` from `numpyro.infer`."
+        )
+    if isinstance(inference, SVI) and inference.static_kwargs:
+        raise ValueError(
+            "SVI `static_kwargs` are not supported: pass extra kernel arguments as "
+            "keyword arguments of the model's methods instead (non-array values are "
+            f"static automatically); got {sorted(inference.static_kwargs)}."
+        )

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from aimz_core.exceptions import AimzWarning
 
 
@@ -119,4 +121,46 @@ def coerce_return_sites(
                 AimzWarning,
                 stacklevel=4,
             )
+    return sites
+
+
+def check_handler_sites(spec: KernelSpec | None, values: Mapping[str, Any], name: str) -> None:
+    """``intervention``/``condition`` may only name sample sites a trace has seen.
+
+    Example:
+        >>> spec = KernelSpec(True, ("w", "y"), ("y",), True)
+        >>> check_handler_sites(spec, {"w": 1.0}, "intervention")
+    """
+    if not values or spec is None or not spec.traced:
+        return
+    unknown = [k for k in values if k not in spec.sample_sites]
+    if unknown:
+        raise ValueError(
+            f"`{name}` names {', '.join(map(repr, unknown))}, which is not a sample "
+            f"site of the kernel; sample sites are: {', '.join(spec.sample_sites)}."
+        )
+
+
+def describe_sites(
+    spec: KernelSpec | None, posterior: Mapping[str, Any] | None, param_output: str
+) -> dict[str, dict[str, Any]]:
+    """Every known site with its kind (``latent``, ``observed`` or ``deterministic``),
+    dims and draw shape.
+
+    Example:
+        >>> spec = KernelSpec(True, ("w", "y"), ("y", "mu"), True)
+        >>> describe_sites(spec, {"w": np.zeros((5, 2))}, "y")["w"]
+        {'kind': 'latent', 'dims': None, 'draw_shape': [2]}
+    """
+    sites: dict[str, dict[str, Any]] = {}
+    if spec is not None:
+        for name in spec.sample_sites:
+            kind = "observed" if name == param_output else "latent"
+            sites[name] = {"kind": kind, "dims": None, "draw_shape": None}
+        for name in spec.return_sites:
+            if name not in sites:
+                sites[name] = {"kind": "deterministic", "dims": None, "draw_shape": None}
+    for name, value in (posterior or {}).items():
+        entry = sites.setdefault(name, {"kind": "latent", "dims": None})
+        entry["draw_shape"] = list(np.shape(value)[1:])
     return sites

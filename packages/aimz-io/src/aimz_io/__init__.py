@@ -3,6 +3,8 @@
 The functions the core calls live in :mod:`aimz_io.backend`.
 """
 
+from aimz_core.backend import register_backend
+
 from aimz_io.backend import (
     effect_tree,
     format_summary,
@@ -12,6 +14,9 @@ from aimz_io.backend import (
     tree_from_arrays,
 )
 from aimz_io.provenance import aimz_version
+
+# The core finds its IO backend by registration (it never imports aimz_io itself).
+register_backend("aimz_io.backend")
 
 __version__ = aimz_version()
 

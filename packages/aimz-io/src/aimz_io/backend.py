@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from aimz_core.sinks import Sink
+from aimz_core.streaming import Sink
 
 from aimz_io.artifact import open_tree
 from aimz_io.datatree import tree_from_arrays
@@ -48,7 +48,7 @@ def make_sink(
 
     Example:
         >>> import numpy as np
-        >>> from aimz_core.sinks import SiteLayout, StreamInfo
+        >>> from aimz_core.streaming import SiteLayout, StreamInfo
         >>> sink = make_sink(store="memory", base_dir=None)
         >>> layout = SiteLayout("y", (2, 3), np.dtype("float32"), 1, 3, ("obs",))
         >>> sink.open(StreamInfo("predictions", "predict", 1, {"y": layout}))

@@ -1,6 +1,6 @@
 """Distributed and resumable runs: batches on Dask workers, regions of one Zarr store.
 
-A streamed call is planned once by the driver (:class:`aimz_core.plan.StreamPlan`).
+A streamed call is planned once by the driver (:class:`aimz_core.streaming.StreamPlan`).
 :func:`run_distributed` then
 
 1. preallocates the per-call Zarr store (the same arrays as
@@ -11,7 +11,7 @@ A streamed call is planned once by the driver (:class:`aimz_core.plan.StreamPlan
 3. submits one task per region that is not flagged yet: the task reads its input
    rows (a scattered NumPy slice, a Dask array block computed on the cluster, or a
    slice of any lazily indexed array such as a Zarr array, read on the worker),
-   computes them with :meth:`~aimz_core.impact_model.ImpactModel.compute_block`,
+   computes them with :meth:`~aimz_core.ImpactModel.compute_block`,
    writes its chunk-aligned region straight into the store and only then sets its
    flag;
 4. marks the store complete (``aimz_complete``) once every flag is set, and
@@ -39,6 +39,7 @@ import jax
 import numpy as np
 import zarr
 from aimz_core.arguments import host_rows
+from aimz_core.backend import is_url
 from tqdm.auto import tqdm
 
 from aimz_io.artifact import (
@@ -46,7 +47,6 @@ from aimz_io.artifact import (
     PLAN_ATTR,
     REGIONS_ARRAY,
     call_location,
-    is_url,
     read_artifact,
     store_for,
 )
@@ -209,8 +209,8 @@ def run_distributed(
     """Run a planned call region by region into one Zarr store; return its lazy tree.
 
     Args:
-        model: The fitted :class:`~aimz_core.impact_model.ImpactModel`.
-        plan: Its :class:`~aimz_core.plan.StreamPlan` for this call.
+        model: The fitted :class:`~aimz_core.ImpactModel`.
+        plan: Its :class:`~aimz_core.streaming.StreamPlan` for this call.
         client: A ``dask.distributed`` client, or ``None`` to compute the regions
             in this process.
         base_dir: Parent of the per-call store: a directory or an fsspec URL

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-from aimz_core.sinks import Sink, StreamInfo
+from aimz_core.streaming import Sink, StreamInfo
 
 from aimz_io.datatree import assemble_tree, dataset_from_arrays, storage_dtype
 from aimz_io.provenance import base_attrs
@@ -18,7 +18,7 @@ class MemoryTreeSink(Sink):
     the call's group) without ``output_dir`` / ``artifact_path`` attributes.
 
     Example:
-        >>> from aimz_core.sinks import SiteLayout, StreamInfo
+        >>> from aimz_core.streaming import SiteLayout, StreamInfo
         >>> layout = SiteLayout("y", (2, 3), np.dtype("float32"), 1, 2, ("obs",))
         >>> sink = MemoryTreeSink()
         >>> sink.open(StreamInfo("predictions", "predict", 1, {"y": layout}))

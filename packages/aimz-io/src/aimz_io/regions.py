@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from aimz_core.sinks import SiteLayout
+from aimz_core.streaming import SiteLayout
 
 from aimz_io.datatree import storage_dtype
 

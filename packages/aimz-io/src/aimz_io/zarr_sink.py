@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
-from aimz_core.sinks import Sink, SiteLayout, StreamInfo
+from aimz_core.streaming import Sink, SiteLayout, StreamInfo
 from zarr.codecs import BloscCodec
 
 from aimz_io.artifact import COMPLETE_ATTR, create_call_dir, tree_from_store
@@ -91,7 +91,7 @@ class ZarrSink(Sink):
 
     Example:
         >>> import tempfile
-        >>> from aimz_core.sinks import SiteLayout, StreamInfo
+        >>> from aimz_core.streaming import SiteLayout, StreamInfo
         >>> layout = SiteLayout("y", (4, 3), np.dtype("float32"), 1, 2, ("obs",))
         >>> sink = ZarrSink(Path(tempfile.mkdtemp()))
         >>> sink.open(StreamInfo("predictions", "predict", 1, {"y": layout}))

@@ -1,11 +1,13 @@
 """The plan of one streamed call: what every batch computes, without the batches.
 
-:meth:`ImpactModel._plan_stream <aimz_core.impact_model.ImpactModel>` validates and
-binds the arguments, draws the call's key and fixes the batch size, the batch
-function's config and the output layout. The result, a :class:`StreamPlan`, is all
-a process needs (besides the fitted model) to compute any batch with
-:meth:`~aimz_core.impact_model.ImpactModel.compute_block`: the single-process
-stream runs the batches in order, a distributed run ships the plan to workers.
+:func:`resolve_inputs` reads (and advances) the model's state once: it binds the
+arguments, builds the kernel spec a prior call needs and draws the call's key.
+:func:`plan_call`, a function of those explicit inputs, then fixes the streamed
+axis, the batch size, the batch function's config and the output layout, and
+builds the :class:`StreamPlan` once, complete and frozen. A plan is all a process
+needs (besides the fitted model) to compute any batch with
+:meth:`~aimz_core.model.ImpactModel.compute_block`: the single-process stream runs
+the batches in order, a distributed run ships the plan to workers.
 """
 
 from __future__ import annotations
@@ -13,14 +15,40 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import random
 
+from aimz_core._posterior import first_draw
+from aimz_core.arguments import KernelArgs, as_jax_tree, host_rows, streaming_arguments
 from aimz_core.batched import BatchConfig
+from aimz_core.exceptions import PerformanceWarning
+from aimz_core.kernel_spec import KernelSpec, check_handler_sites
+from aimz_core.planning import auto_batch_size, balanced_batch_size, rows_for_intermediates
 from aimz_core.rng import pack_keys, unpack_keys
-from aimz_core.sinks import StreamInfo
+from aimz_core.sampling import check_subsample_plates, global_trace
+from aimz_core.streaming.blocks import BlockRunner, dim_names
+from aimz_core.streaming.options import StreamOptions
+from aimz_core.streaming.sinks import SiteLayout, StreamInfo
+
+if TYPE_CHECKING:
+    from aimz_core.model import ImpactModel
+
+
+def split_range(total: int, size: int) -> list[tuple[int, int]]:
+    """Cut ``range(total)`` into ``(start, stop)`` pieces of ``size``.
+
+    Example:
+        >>> split_range(5, 2)
+        [(0, 2), (2, 4), (4, 5)]
+    """
+    return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
 def _digest(values: dict[str, Any]) -> str:
@@ -32,7 +60,7 @@ def _digest(values: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class StreamPlan:
     """Everything needed to compute any batch of one streamed call.
 
@@ -54,7 +82,7 @@ class StreamPlan:
             predictive on the ``"obs"`` path only).
         intervention: ``do`` values.
         condition: ``condition`` values.
-        info: Output layout (``None`` on a copy made for workers without it).
+        info: Output layout (on a copy made for workers: without the posterior).
         desc: Progress bar description.
         arrays: The input arrays (NumPy, JAX or lazy arrays such as Dask or Zarr);
             dropped by :meth:`for_workers`.
@@ -74,7 +102,7 @@ class StreamPlan:
     global_post: dict[str, Any]
     intervention: dict[str, Any]
     condition: dict[str, Any]
-    info: StreamInfo | None
+    info: StreamInfo
     desc: str
     arrays: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     runtime: dict[Any, Any] = dataclasses.field(default_factory=dict, repr=False)
@@ -86,13 +114,11 @@ class StreamPlan:
         return pack_keys(state)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(unpack_keys(state))
+        self.__dict__.update(unpack_keys(state))  # frozen: no __setattr__
 
     def for_workers(self) -> StreamPlan:
         """A light copy to ship to workers: no input arrays, no posterior copy."""
-        info = self.info
-        if info is not None:
-            info = dataclasses.replace(info, posterior={}, posterior_dims={})
+        info = dataclasses.replace(self.info, posterior={}, posterior_dims={})
         return dataclasses.replace(self, arrays={}, info=info, runtime={})
 
     def fingerprint(self, posterior: dict[str, Any] | None = None) -> str:
@@ -102,13 +128,10 @@ class StreamPlan:
         values (given the same input data), so a store started by one can be
         finished by the other.
         """
-        info = self.info
-        sites = {}
-        if info is not None:
-            sites = {
-                name: [list(lay.shape), lay.dtype.str, lay.stream_axis, lay.chunk]
-                for name, lay in info.sites.items()
-            }
+        sites = {
+            name: [list(lay.shape), lay.dtype.str, lay.stream_axis, lay.chunk]
+            for name, lay in self.info.sites.items()
+        }
         described = {
             "kind": self.kind,
             "caller": self.caller,
@@ -131,4 +154,338 @@ class StreamPlan:
         return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
-__all__ = ["StreamPlan"]
+@dataclasses.dataclass(frozen=True)
+class CallInputs:
+    """What a streamed call reads from the model, resolved once by :func:`resolve_inputs`.
+
+    Attributes:
+        bound: The call's arguments, split into batched arrays and static extras.
+        loader_batch: Batch size of a data loader input (``None`` for arrays).
+        sites: Sites to return.
+        intervention: ``do`` values as JAX arrays.
+        condition: ``condition`` values as JAX arrays.
+        key: The call's key (already split from the model's key when drawn).
+        num_draws: Posterior draws, or prior draws of a prior call.
+        num_chains: Chains of the output's draw axis.
+        posterior: The model's posterior as host arrays (``{}`` when unfitted).
+        kernel_spec: The model's kernel spec.
+        trace_key: The model's key, used (never split) by planning traces.
+        dask_client: The resolved Dask client of a distributed call, else ``None``.
+    """
+
+    bound: KernelArgs
+    loader_batch: int | None
+    sites: tuple[str, ...]
+    intervention: dict[str, jax.Array]
+    condition: dict[str, jax.Array]
+    key: jax.Array
+    num_draws: int
+    num_chains: int
+    posterior: dict[str, np.ndarray]
+    kernel_spec: KernelSpec | None
+    trace_key: jax.Array
+    dask_client: Any = None
+
+
+def resolve_inputs(model: ImpactModel, X: Any, y: Any, options: StreamOptions) -> CallInputs:
+    """Validate a call against the model and read the model state it needs.
+
+    This is the one step of planning that touches the model: it checks that the
+    model is fitted (predictive and log-likelihood calls), builds the kernel spec
+    a prior call needs and draws the call's key from the model's key.
+
+    Example:
+        >>> import numpy as np
+        >>> from aimz_core.testing import fitted_linreg
+        >>> model = fitted_linreg()
+        >>> opts = StreamOptions(kind="predict", caller="predict", store="memory")
+        >>> resolve_inputs(model, np.ones((4, 2)), None, opts).sites
+        ('y',)
+    """
+    from aimz_core.backend import io_backend
+
+    kind = options.kind
+    if kind == "prior":
+        from aimz_core.data import check_batch_size
+
+        check_batch_size(options.num_samples, "num_samples")
+    else:
+        model._check_fitted()
+    options.validate(X)
+    dask_client = None
+    if options.client is not None:
+        dask_client = io_backend("Distributed runs").resolve_client(options.client)
+    interv = as_jax_tree(options.intervention, "intervention")
+    cond = as_jax_tree(options.condition, "condition")
+    bound, loader_batch = streaming_arguments(
+        model.kernel, model.param_input, model.param_output, X, y, options.kwargs
+    )
+    if kind == "loglik" and model.param_output not in bound.arrays:
+        raise ValueError(
+            f"`{model.param_output}` is required for `log_likelihood()` with array "
+            f"`{model.param_input}`."
+        )
+    if options.return_datatree:
+        io_backend()
+    if kind == "prior":
+        probe = {k: host_rows(v, 0, 1) for k, v in bound.arrays.items()}
+        model._build_kernel_spec({**probe, **bound.extras}, with_output=False)
+    spec = model.kernel_spec
+    sites = (model.param_output,) if kind == "loglik" else model._sites_for(options.return_sites)
+    check_handler_sites(spec, interv, "intervention")
+    check_handler_sites(spec, cond, "condition")
+    ndev = model._layout.num_devices
+    batch_size = options.batch_size
+    if batch_size is not None and loader_batch is None and batch_size % ndev:
+        warnings.warn(
+            f"The `batch_size` ({batch_size}) is not divisible by the number of "
+            f"devices ({ndev}); batches are padded.",
+            PerformanceWarning,
+            stacklevel=4,
+        )
+    # `log_likelihood` never consumes the internal key (spec 4.3).
+    if kind == "loglik" and options.rng_key is None:
+        key = model.rng_key
+    else:
+        key = model._next_key(options.rng_key)
+    return CallInputs(
+        bound=bound,
+        loader_batch=loader_batch,
+        sites=sites,
+        intervention=interv,
+        condition=cond,
+        key=key,
+        num_draws=int(options.num_samples) if kind == "prior" else model._num_samples,
+        num_chains=1 if kind == "prior" else model._num_chains,
+        posterior=model._host_posterior(),
+        kernel_spec=spec,
+        trace_key=model.rng_key,
+        dask_client=dask_client,
+    )
+
+
+def _choose_axis(
+    options: StreamOptions,
+    inputs: CallInputs,
+    post: Mapping[str, Any],
+    n_obs: int,
+    batch_size: int | None,
+    num_devices: int,
+) -> tuple[str, int | None]:
+    """The streamed axis (and batch size) the call can use."""
+    shard_axis = options.shard_axis
+    if not post and options.kind != "prior":
+        shard_axis = "obs"
+    obs_post = options.kind != "prior" and any(
+        v.ndim >= 2 and v.shape[1] == n_obs for v in post.values()
+    )
+    # `condition` values are passed whole to every batch: observation-aligned ones
+    # are only right when the batch is the whole input (or on the draw path).
+    obs_cond = any(v.ndim >= 1 and v.shape[0] == n_obs for v in inputs.condition.values())
+    if shard_axis != "obs" or not (obs_post or obs_cond):
+        return shard_axis, batch_size
+    fits_whole = num_devices == 1 and (
+        (batch_size is not None and batch_size >= n_obs)
+        or (batch_size is None and n_obs * inputs.num_draws * 4 < 100_000_000)
+    )
+    if fits_whole:
+        return "obs", n_obs
+    what = (
+        "The posterior has observation-level sites"
+        if obs_post
+        else "`condition` has observation-level values"
+    )
+    warnings.warn(
+        f"{what}, which are not compatible with `shard_axis='obs'` for this "
+        "input; rerunning with `shard_axis='draw'`.",
+        PerformanceWarning,
+        stacklevel=5,
+    )
+    return "draw", batch_size
+
+
+def plan_call(
+    options: StreamOptions,
+    inputs: CallInputs,
+    runner: BlockRunner,
+    *,
+    param_input: str,
+) -> StreamPlan:
+    """Plan a streamed call: streamed axis, batch size, batch function and layout.
+
+    A function of its explicit inputs (the batch functions it traces are cached
+    in ``runner``). The plan is built once, complete.
+
+    Example:
+        >>> import numpy as np
+        >>> from aimz_core.testing import fitted_linreg
+        >>> model = fitted_linreg()
+        >>> opts = StreamOptions(kind="predict", caller="predict", batch_size=4,
+        ...                      store="memory", return_datatree=False)
+        >>> inputs = resolve_inputs(model, np.ones((10, 2)), None, opts)
+        >>> plan = plan_call(opts, inputs, model._runner(), param_input="X")
+        >>> plan.ranges
+        [(0, 4), (4, 8), (8, 10)]
+    """
+    kind, bound = options.kind, inputs.bound
+    ndev = runner.layout.num_devices
+    batch_size = options.batch_size or inputs.loader_batch
+    post = runner.placed() if kind != "prior" else {}
+    num_draws, key = inputs.num_draws, inputs.key
+    n_obs = int(bound.arrays[param_input].shape[0])
+    shard_axis, batch_size = _choose_axis(options, inputs, post, n_obs, batch_size, ndev)
+    global_post: dict[str, jax.Array] = {}
+    if kind == "prior" and shard_axis == "obs":
+        assert inputs.kernel_spec is not None
+        key, prior_key = random.split(key)
+        global_post = runner.global_prior(
+            bound, inputs.kernel_spec, inputs.sites, num_draws, prior_key
+        )
+        post = global_post
+    config = BatchConfig(
+        kind=kind,
+        shard_axis=shard_axis,
+        return_sites=inputs.sites,
+        extras_key=bound.extras_key(),
+        num_draws=num_draws,
+        sharded=ndev > 1,
+    )
+    total = n_obs if shard_axis == "obs" else num_draws
+    interv, cond = inputs.intervention, inputs.condition
+
+    def args_for(size: int, chunked: bool = False) -> tuple:
+        return runner.abstract_block_args(
+            post,
+            shard_axis=shard_axis,
+            key=key,
+            arrays=bound.arrays,
+            intervention=interv,
+            condition=cond,
+            chunked=chunked,
+            size=size,
+        )
+
+    if batch_size is None:
+        batch_size = _auto_size(runner, config, bound.extras, args_for, total, ndev, key)
+        if shard_axis == "obs" and total > ndev:
+            cap = _rows_cap(runner, config, bound.extras, args_for, total, ndev, key)
+            if cap is not None:
+                batch_size = min(batch_size, max(ndev, cap))
+        batch_size = balanced_batch_size(batch_size, total, ndev)
+    size = max(ndev, math.ceil(min(batch_size, total) / ndev) * ndev)
+    # The chunk convention of the draw path follows the batch size (`config_for`).
+    config = runner.config_for(config, size, shard_axis)
+    if kind == "loglik" and shard_axis == "obs":
+        probe_rows = {k: v[:1] for k, v in bound.arrays.items()}
+        check_subsample_plates(
+            global_trace(runner.kernel, inputs.trace_key, {**probe_rows, **bound.extras}),
+            min(size, total),
+        )
+    probe_args = args_for(size, chunked=config.chunk is not None)
+    config = runner.blocked_config(
+        config,
+        bound.extras,
+        (key, first_draw(probe_args[0]), probe_args[2], interv, cond),
+        num_draws=num_draws if shard_axis == "obs" else size,
+    )
+    entry = runner.function(config, bound.extras)
+    layouts = _layouts(entry.fn.eval_shape(*probe_args), entry.dims, shard_axis, size, total)
+    info = StreamInfo(
+        group=options.group,
+        caller=options.caller,
+        num_chains=inputs.num_chains,
+        sites=layouts,
+        posterior=inputs.posterior,
+        posterior_dims={k: dim_names(k, v.ndim - 1, {}) for k, v in inputs.posterior.items()},
+    )
+    return StreamPlan(
+        kind=kind,
+        caller=options.caller,
+        group=options.group,
+        shard_axis=shard_axis,
+        config=config,
+        extras=bound.extras,
+        key=key,
+        size=size,
+        total=total,
+        ranges=split_range(total, size),
+        stream_axis=1 if shard_axis == "obs" else 0,
+        global_post=global_post,
+        intervention=interv,
+        condition=cond,
+        info=info,
+        desc=f"{options.desc} [{', '.join(layouts)}]",
+        arrays=bound.arrays,
+    )
+
+
+def _auto_size(
+    runner: BlockRunner,
+    config: BatchConfig,
+    extras: dict[str, Any],
+    args_for: Callable[[int], tuple],
+    total: int,
+    ndev: int,
+    key: jax.Array,
+) -> int:
+    """Batch size from the output bytes of a probe batch (see :mod:`~aimz_core.planning`)."""
+    del key
+    entry = runner.function(config, extras)
+    probe_size = max(ndev, min(total, ndev))
+    shapes = entry.fn.eval_shape(*args_for(probe_size))
+    return auto_batch_size(shapes, probe_size, total, ndev)
+
+
+def _rows_cap(
+    runner: BlockRunner,
+    config: BatchConfig,
+    extras: dict[str, Any],
+    args_for: Callable[[int], tuple],
+    total: int,
+    ndev: int,
+    key: jax.Array,
+) -> int | None:
+    """Rows bounded by intermediates: a wide layer over many rows can need far more
+    memory per draw than the draw's output."""
+    entry = runner.function(config, extras)
+    measured = []
+    for rows in (min(total, max(ndev, 256)), min(total, max(ndev, 2048))):
+        rows = math.ceil(rows / ndev) * ndev
+        one = args_for(rows)
+        one_args = (key, first_draw(one[0]), one[2], one[3], one[4])
+        measured.extend((entry.draw_bytes(one_args), rows))
+    return rows_for_intermediates(*measured)
+
+
+def _layouts(
+    shapes: Mapping[str, Any],
+    dims: Mapping[str, Mapping[int, str]],
+    shard_axis: str,
+    size: int,
+    total: int,
+) -> dict[str, SiteLayout]:
+    """The full output layout of every site from the shapes of one batch."""
+    stream_axis = 1 if shard_axis == "obs" else 0
+    layouts: dict[str, SiteLayout] = {}
+    for name, sds in shapes.items():
+        if shard_axis == "obs" and (len(sds.shape) < 2 or sds.shape[1] != size):
+            raise NotImplementedError(
+                f"Site {name!r} has shape {tuple(sds.shape[1:])} per draw, which does "
+                "not follow the input's rows; slice writing requires each site's "
+                "axis-1 size to match the input batch size. Leave it out of "
+                "`return_sites` or use `shard_axis='draw'`."
+            )
+        full = list(sds.shape)
+        full[stream_axis] = total
+        layouts[name] = SiteLayout(
+            name=name,
+            shape=tuple(full),
+            dtype=np.dtype(jnp.float32 if sds.dtype == jnp.bfloat16 else sds.dtype),
+            stream_axis=stream_axis,
+            chunk=min(size, total),
+            dims=dim_names(name, len(sds.shape) - 1, dims),
+        )
+    return layouts
+
+
+__all__ = ["CallInputs", "StreamPlan", "plan_call", "resolve_inputs", "split_range"]

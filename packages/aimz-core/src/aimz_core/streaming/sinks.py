@@ -97,7 +97,7 @@ class MemorySink(Sink):
 
     Example:
         >>> import numpy as np
-        >>> from aimz_core.sinks import MemorySink, SiteLayout, StreamInfo
+        >>> from aimz_core.streaming import MemorySink, SiteLayout, StreamInfo
         >>> layout = SiteLayout("y", (2, 3), np.dtype("float32"), 1, 2, ("obs",))
         >>> sink = MemorySink()
         >>> sink.open(StreamInfo("predictions", "predict", 1, {"y": layout}))

@@ -1,65 +1,28 @@
-"""The streaming loop: dispatch batch k+1 while batch k is copied and written."""
+"""The streaming loop: dispatch batch k+1 while batch k is copied and written.
+
+:func:`run_plan` runs a planned call: through the IO backend's distributed runner
+(Dask, resumable or object-store runs), or through :func:`stream` into a sink.
+"""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from aimz_core.sinks import Sink, StreamInfo
+from aimz_core.arguments import host_rows
+from aimz_core.streaming.sinks import MemorySink, Sink, StreamInfo
+
+if TYPE_CHECKING:
+    from aimz_core.model import ImpactModel
+    from aimz_core.streaming.options import StreamOptions
+    from aimz_core.streaming.plan import StreamPlan
 
 Launch = Callable[[int, int, int], dict[str, jax.Array]]
-
-
-def pad_rows(x: Any, size: int) -> Any:
-    """Pad ``x`` along axis 0 to ``size`` rows by repeating the last row.
-
-    Example:
-        >>> import numpy as np
-        >>> pad_rows(np.array([1, 2]), 4).tolist()
-        [1, 2, 2, 2]
-    """
-    n = x.shape[0]
-    if n == size:
-        return x
-    if isinstance(x, np.ndarray):
-        return np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)], axis=0)
-    return jax.numpy.concatenate([x, jax.numpy.repeat(x[-1:], size - n, axis=0)], axis=0)
-
-
-@partial(jax.jit, static_argnums=2)
-def take_draws(
-    post: dict[str, jax.Array], start: int, size: int
-) -> tuple[dict[str, jax.Array], jax.Array]:
-    """Draws ``[start, start + size)`` of a posterior and their draw indices.
-
-    Past the last draw the chunk repeats the last draw (batch padding, trimmed
-    later), so the posterior is never copied into a padded version.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> chunk, idx = take_draws({"w": jnp.arange(6.0)}, 4, 3)
-        >>> chunk["w"].tolist(), idx.tolist()
-        ([4.0, 5.0, 5.0], [4, 5, 6])
-    """
-    idx = start + jax.numpy.arange(size)
-    chunk = {k: jax.numpy.take(v, idx, axis=0, mode="clip") for k, v in post.items()}
-    return chunk, idx
-
-
-def split_range(total: int, size: int) -> list[tuple[int, int]]:
-    """Cut ``range(total)`` into ``(start, stop)`` pieces of ``size``.
-
-    Example:
-        >>> split_range(5, 2)
-        [(0, 2), (2, 4), (4, 5)]
-    """
-    return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
 def trim_block(block: np.ndarray, axis: int, length: int) -> np.ndarray:
@@ -134,3 +97,63 @@ def stream(
     finally:
         bar.close()
     return result
+
+
+def run_plan(
+    model: ImpactModel, plan: StreamPlan, options: StreamOptions, dask_client: Any = None
+) -> Any:
+    """Run every batch of ``plan`` and return the call's result.
+
+    Example:
+        >>> import numpy as np
+        >>> from aimz_core.streaming.options import StreamOptions
+        >>> from aimz_core.streaming.plan import plan_call, resolve_inputs
+        >>> from aimz_core.testing import fitted_linreg
+        >>> model = fitted_linreg()
+        >>> opts = StreamOptions(kind="predict", caller="predict", progress=False,
+        ...                      store="memory", return_datatree=False)
+        >>> inputs = resolve_inputs(model, np.ones((6, 2)), None, opts)
+        >>> plan = plan_call(opts, inputs, model._runner(), param_input="X")
+        >>> run_plan(model, plan, opts)["y"].shape
+        (100, 6)
+    """
+    from aimz_core.backend import io_backend
+
+    progress = options.progress
+    if options.distributed:
+        return io_backend("Distributed and resumable runs").run_distributed(
+            model,
+            plan,
+            client=dask_client,
+            base_dir=model._base_dir(options.output_dir),
+            resume=options.resume,
+            progress=progress,
+            storage_options=options.storage_options,
+        )
+    if options.return_datatree:
+        store = options.store
+        base = model._base_dir(options.output_dir) if store == "persistent" else None
+        sink = io_backend().make_sink(store=store, base_dir=base, progress=progress)
+    else:
+        sink = MemorySink()
+    runner, arrays = model._runner(), plan.arrays
+    if plan.shard_axis == "obs":
+
+        def launch(i: int, start: int, stop: int) -> dict[str, jax.Array]:
+            rows = {k: host_rows(v, start, stop) for k, v in arrays.items()}
+            return runner.launch(plan, i, start, rows)
+
+    else:
+
+        def launch(i: int, start: int, stop: int) -> dict[str, jax.Array]:
+            return runner.launch(plan, i, start, arrays)
+
+    return stream(
+        plan.ranges,
+        launch,
+        stream_axis=plan.stream_axis,
+        sink=sink,
+        info=plan.info,
+        progress=progress,
+        desc=plan.desc,
+    )

@@ -1,0 +1,517 @@
+"""The predictive methods of :class:`~aimz_core.model.ImpactModel`.
+
+On-batch methods run one in-memory batch through a jitted batch function; the
+four streamed methods declare their signatures only and share one call path
+(:func:`~aimz_core.streaming.options.streamed` -> ``_stream``): the call's
+:class:`~aimz_core.streaming.StreamOptions` are resolved against the model, planned
+once (:func:`~aimz_core.streaming.plan_call`) and run
+(:func:`~aimz_core.streaming.run_plan`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aimz_core.arguments import as_jax_tree
+from aimz_core.backend import io_backend
+from aimz_core.batched import BatchConfig
+from aimz_core.data import check_batch_size
+from aimz_core.kernel_spec import check_handler_sites
+from aimz_core.streaming.options import ShardAxis, Store, StreamOptions, streamed
+from aimz_core.streaming.plan import StreamPlan, plan_call, resolve_inputs
+from aimz_core.streaming.stream import run_plan
+
+
+class PredictiveMethods:
+    """Predictive draws, log-likelihoods and effects of a fitted model.
+
+    A mixin of :class:`~aimz_core.model.ImpactModel`, which provides the state
+    (``_kernel``, ``_posterior``, ``_next_key``, ...) these methods use.
+
+    Example:
+        >>> from aimz_core.model import ImpactModel
+        >>> issubclass(ImpactModel, PredictiveMethods)
+        True
+    """
+
+    # ------------------------------------------------------------ on batch
+    def _run_on_batch(
+        self,
+        kind: Literal["predict", "prior"],
+        X: Any,
+        *,
+        num_draws: int,
+        post: dict[str, jax.Array],
+        intervention: Mapping[str, Any] | None,
+        condition: Mapping[str, Any] | None,
+        rng_key: jax.Array | None,
+        return_sites: Any,
+        kwargs: Mapping[str, Any],
+    ) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
+        bound = self._bind(X, None, kwargs)
+        arrays = {k: jnp.asarray(v) for k, v in bound.arrays.items()}
+        if kind == "prior":
+            self._build_kernel_spec({**arrays, **bound.extras}, with_output=False)
+        sites = self._sites_for(return_sites)
+        interv = as_jax_tree(intervention, "intervention")
+        cond = as_jax_tree(condition, "condition")
+        check_handler_sites(self._kernel_spec, interv, "intervention")
+        check_handler_sites(self._kernel_spec, cond, "condition")
+        key = self._next_key(rng_key)
+        config = BatchConfig(
+            kind=kind,
+            shard_axis="draw",
+            return_sites=sites,
+            extras_key=bound.extras_key(),
+            num_draws=num_draws,
+            sharded=False,
+        )
+        return self._runner().run_on_batch(config, bound.extras, post, key, arrays, interv, cond)
+
+    def _as_result(
+        self,
+        group: str,
+        out: dict[str, np.ndarray],
+        dims: dict[str, tuple[str, ...]],
+        return_datatree: bool,
+    ) -> Any:
+        if not return_datatree:
+            return out
+        groups: dict[str, dict[str, np.ndarray]] = {}
+        if self._posterior:
+            groups["posterior"] = self._host_posterior()
+        groups[group] = out
+        return io_backend().tree_from_arrays(groups, num_chains=self._num_chains, dims=dims)
+
+    def predict_on_batch(
+        self,
+        X: Any,
+        *,
+        intervention: Mapping[str, Any] | None = None,
+        condition: Mapping[str, Any] | None = None,
+        rng_key: jax.Array | None = None,
+        in_sample: bool = True,
+        return_sites: str | Iterable[str] | None = None,
+        return_datatree: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Posterior predictive draws for one in-memory batch.
+
+        Args:
+            X: Input batch.
+            intervention: ``{site: value}`` fixed with ``numpyro.handlers.do``.
+            condition: ``{site: value}`` fixed with ``numpyro.handlers.condition``.
+            rng_key: Key for this call only.
+            in_sample: Group name ``posterior_predictive`` (True) or
+                ``predictions`` (False).
+            return_sites: Sites to return (default: output + deterministic sites).
+            return_datatree: Return a DataTree (needs ``aimz-io``) or a dict.
+            **kwargs: Extra kernel arguments.
+
+        Returns:
+            DataTree or ``{site: array of shape (draws, ...)}``.
+
+        Example:
+            >>> from aimz_core.testing import fitted_linreg, linreg_data
+            >>> X, _ = linreg_data()
+            >>> fitted_linreg().predict_on_batch(X, return_datatree=False)["y"].shape
+            (100, 60)
+        """
+        self._check_fitted()
+        if return_datatree:
+            io_backend()  # fail before any work when aimz-io is missing
+        out, dims = self._run_on_batch(
+            "predict",
+            X,
+            num_draws=self._num_samples,
+            post=self._placed_posterior(),
+            intervention=intervention,
+            condition=condition,
+            rng_key=rng_key,
+            return_sites=return_sites,
+            kwargs=kwargs,
+        )
+        group = "posterior_predictive" if in_sample else "predictions"
+        return self._as_result(group, out, dims, return_datatree)
+
+    def sample_posterior_predictive_on_batch(
+        self,
+        X: Any,
+        *,
+        intervention: Mapping[str, Any] | None = None,
+        condition: Mapping[str, Any] | None = None,
+        rng_key: jax.Array | None = None,
+        return_sites: str | Iterable[str] | None = None,
+        return_datatree: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Alias of :meth:`predict_on_batch` with ``in_sample=True``.
+
+        Example:
+            >>> from aimz_core.testing import fitted_linreg, linreg_data
+            >>> X, _ = linreg_data()
+            >>> out = fitted_linreg().sample_posterior_predictive_on_batch(
+            ...     X, return_sites="mu", return_datatree=False)
+            >>> list(out)
+            ['mu']
+        """
+        return self.predict_on_batch(
+            X,
+            intervention=intervention,
+            condition=condition,
+            rng_key=rng_key,
+            in_sample=True,
+            return_sites=return_sites,
+            return_datatree=return_datatree,
+            **kwargs,
+        )
+
+    def sample_prior_predictive_on_batch(
+        self,
+        X: Any,
+        *,
+        num_samples: int = 1000,
+        intervention: Mapping[str, Any] | None = None,
+        rng_key: jax.Array | None = None,
+        return_sites: str | Iterable[str] | None = None,
+        return_datatree: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Prior predictive draws for one in-memory batch (no fit needed).
+
+        Example:
+            >>> from aimz_core.testing import linreg_data, make_model
+            >>> X, _ = linreg_data()
+            >>> out = make_model().sample_prior_predictive_on_batch(
+            ...     X, num_samples=20, return_datatree=False)
+            >>> out["y"].shape
+            (20, 60)
+        """
+        check_batch_size(num_samples, "num_samples")
+        if return_datatree:
+            io_backend()  # fail before any work when aimz-io is missing
+        out, dims = self._run_on_batch(
+            "prior",
+            X,
+            num_draws=num_samples,
+            post={},
+            intervention=intervention,
+            condition=None,
+            rng_key=rng_key,
+            return_sites=return_sites,
+            kwargs=kwargs,
+        )
+        return self._as_result("prior_predictive", out, dims, return_datatree)
+
+    # ------------------------------------------------------------ streamed
+    def _stream(self, X: Any, y: Any, options: StreamOptions) -> Any:
+        """The one path of every streamed call: resolve, plan once, run."""
+        inputs = resolve_inputs(self, X, y, options)
+        plan = plan_call(options, inputs, self._runner(), param_input=self._param_input)
+        return run_plan(self, plan, options, inputs.dask_client)
+
+    @streamed("predict")
+    def predict(
+        self,
+        X: Any,
+        *,
+        intervention: Mapping[str, Any] | None = None,
+        condition: Mapping[str, Any] | None = None,
+        rng_key: jax.Array | None = None,
+        in_sample: bool = True,
+        return_sites: str | Iterable[str] | None = None,
+        shard_axis: ShardAxis = "obs",
+        batch_size: int | None = None,
+        store: Store = "persistent",
+        output_dir: str | Path | None = None,
+        progress: bool = True,
+        return_datatree: bool = True,
+        client: Any = None,
+        resume: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Posterior predictive draws for an input of any size, streamed in batches.
+
+        Batches run through one jitted, sharded function; finished blocks stream
+        into a Zarr store (``store="persistent"``, needs ``aimz-io``), an in-memory
+        DataTree (``store="memory"``) or, with ``return_datatree=False``, host
+        arrays.
+
+        Args:
+            X: Input array, :class:`~aimz_core.data.ArrayLoader` or iterable of
+                mappings.
+            intervention: ``{site: value}`` fixed with ``numpyro.handlers.do``.
+            condition: ``{site: value}`` fixed with ``numpyro.handlers.condition``.
+            rng_key: Key for this call only.
+            in_sample: Group ``posterior_predictive`` (True) or ``predictions``.
+            return_sites: Sites to return.
+            shard_axis: Stream over observations (``"obs"``) or draws (``"draw"``).
+            batch_size: Rows (or draws) per batch; automatic by default.
+            store: ``"persistent"`` (Zarr on disk) or ``"memory"``.
+            output_dir: Base directory for persistent output (default: temp dir), or
+                an object-store URL (``s3://bucket/prefix``).
+            progress: Show a progress bar.
+            return_datatree: Return a DataTree, or ``{site: array}``.
+            client: A ``dask.distributed`` Client, or ``True`` to use the current one
+                (``distributed.get_client()``): batches run on its workers and each
+                writes its region of one preallocated Zarr store (needs
+                ``pip install "aimz-io[dask]"``). ``X`` may be a NumPy, Dask or Zarr
+                array. See the distributed user guide.
+            resume: Finish the newest incomplete store of the same call (same
+                arguments, ``rng_key`` and posterior) in ``output_dir``, computing
+                only its missing regions. Needs ``output_dir`` and, except for
+                ``log_likelihood``, an explicit ``rng_key``.
+            storage_options: fsspec options (credentials, ``client_kwargs``) when
+                ``output_dir`` is an object-store URL such as ``s3://bucket/prefix``
+                (needs ``pip install "aimz-io[s3]"``).
+            **kwargs: Extra kernel arguments (arrays are batched with ``X``).
+
+        Returns:
+            A DataTree (lazy when persistent) or a dict of arrays.
+
+        Example:
+            >>> from aimz_core.testing import fitted_linreg, linreg_data
+            >>> X, _ = linreg_data()
+            >>> out = fitted_linreg().predict(
+            ...     X, batch_size=16, progress=False, return_datatree=False)
+            >>> out["y"].shape
+            (100, 60)
+        """
+
+    @streamed("predict")
+    def sample_posterior_predictive(
+        self,
+        X: Any,
+        *,
+        intervention: Mapping[str, Any] | None = None,
+        condition: Mapping[str, Any] | None = None,
+        rng_key: jax.Array | None = None,
+        return_sites: str | Iterable[str] | None = None,
+        shard_axis: ShardAxis = "obs",
+        batch_size: int | None = None,
+        store: Store = "persistent",
+        output_dir: str | Path | None = None,
+        progress: bool = True,
+        return_datatree: bool = True,
+        client: Any = None,
+        resume: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Alias of :meth:`predict` with ``in_sample=True``.
+
+        Example:
+            >>> from aimz_core.testing import fitted_linreg, linreg_data
+            >>> X, _ = linreg_data()
+            >>> out = fitted_linreg().sample_posterior_predictive(
+            ...     X, return_sites=("y", "mu"), shard_axis="draw", progress=False,
+            ...     return_datatree=False)
+            >>> sorted(out)
+            ['mu', 'y']
+        """
+
+    @streamed("prior")
+    def sample_prior_predictive(
+        self,
+        X: Any,
+        *,
+        num_samples: int = 1000,
+        intervention: Mapping[str, Any] | None = None,
+        rng_key: jax.Array | None = None,
+        return_sites: str | Iterable[str] | None = None,
+        shard_axis: ShardAxis = "obs",
+        batch_size: int | None = None,
+        store: Store = "persistent",
+        output_dir: str | Path | None = None,
+        progress: bool = True,
+        return_datatree: bool = True,
+        client: Any = None,
+        resume: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Prior predictive draws for an input of any size, streamed in batches.
+
+        Input-independent (global) prior sites are drawn once and shared by every
+        batch on the ``"obs"`` path. The arguments are those of :meth:`predict`;
+        ``num_samples`` is the number of prior draws.
+
+        Example:
+            >>> from aimz_core.testing import linreg_data, make_model
+            >>> X, _ = linreg_data()
+            >>> out = make_model().sample_prior_predictive(
+            ...     X, num_samples=30, progress=False, return_datatree=False)
+            >>> out["y"].shape
+            (30, 60)
+        """
+
+    @streamed("loglik")
+    def log_likelihood(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        rng_key: jax.Array | None = None,
+        shard_axis: ShardAxis = "obs",
+        batch_size: int | None = None,
+        store: Store = "persistent",
+        output_dir: str | Path | None = None,
+        progress: bool = True,
+        return_datatree: bool = True,
+        client: Any = None,
+        resume: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Pointwise log-likelihood of ``y`` under every posterior draw.
+
+        The arguments are those of :meth:`predict`; ``y`` is the observed output
+        (or a field of the data loader ``X``).
+
+        Example:
+            >>> from aimz_core.testing import fitted_linreg, linreg_data
+            >>> X, y = linreg_data()
+            >>> out = fitted_linreg().log_likelihood(
+            ...     X, y, progress=False, return_datatree=False)
+            >>> out["y"].shape
+            (100, 60)
+        """
+
+    def compute_block(
+        self,
+        plan: StreamPlan,
+        i: int,
+        start: int,
+        stop: int,
+        rows: Mapping[str, Any] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Compute one batch of a planned streamed call, as trimmed host arrays.
+
+        This is what a worker of a distributed run executes: the model and the
+        plan are shipped once, then each task passes its batch's input rows.
+
+        Args:
+            plan: The call's :class:`~aimz_core.streaming.StreamPlan`.
+            i: Batch index (``plan.ranges[i] == (start, stop)``).
+            start: First entry of the batch along the stream axis.
+            stop: End of the batch along the stream axis.
+            rows: ``{argument: array}``: the input rows ``[start, stop)`` on the
+                ``"obs"`` path, the whole inputs on the ``"draw"`` path. Default:
+                sliced from ``plan.arrays``.
+
+        Returns:
+            ``{site: array}`` with ``stop - start`` entries along the stream axis.
+            On the ``"obs"`` path batch ``i`` uses the key ``fold_in(key, i)``; on
+            the ``"draw"`` path draw ``d`` uses ``fold_in(key, d)`` whatever the
+            batch, so the draws use the keys of a single-process call. Their values
+            are bit-identical to it when this host runs the same compiled program
+            (same batch size, device count, CPU and ``XLA_FLAGS``), and equal to
+            floating-point rounding otherwise.
+
+        Example:
+            >>> import numpy as np
+            >>> from aimz_core.streaming import StreamOptions, plan_call, resolve_inputs
+            >>> from aimz_core.testing import fitted_linreg
+            >>> model = fitted_linreg()
+            >>> opts = StreamOptions(kind="predict", caller="predict", batch_size=4,
+            ...                      store="memory", return_datatree=False)
+            >>> inputs = resolve_inputs(model, np.ones((10, 2)), None, opts)
+            >>> plan = plan_call(opts, inputs, model._runner(), param_input="X")
+            >>> model.compute_block(plan, 2, 8, 10)["y"].shape
+            (100, 2)
+        """
+        return self._runner().compute_block(plan, i, start, stop, rows)
+
+    # ------------------------------------------------------------ effects
+    def estimate_effect(
+        self,
+        output_baseline: Any = None,
+        output_intervention: Any = None,
+        args_baseline: Mapping[str, Any] | None = None,
+        args_intervention: Mapping[str, Any] | None = None,
+        *,
+        on_batch: bool = False,
+    ) -> Any:
+        """Effect of an intervention: intervention draws minus baseline draws.
+
+        Each scenario is either a precomputed output (DataTree or dict) or a dict of
+        :meth:`predict` arguments (``{"X": X, "intervention": {...}}``) that is run
+        here. Scenarios run here share one key, so their draws are paired.
+
+        Returns:
+            A DataTree with the difference (and ``posterior`` when available), or
+            ``{site: array}`` when both scenarios are dicts and ``aimz-io`` is not
+            installed.
+
+        Example:
+            >>> from aimz_core.testing import fitted_linreg, linreg_data
+            >>> X, _ = linreg_data()
+            >>> model = fitted_linreg()
+            >>> base = model.predict_on_batch(X, return_datatree=False)
+            >>> shifted = {k: v + 1.0 for k, v in base.items()}
+            >>> effect = model.estimate_effect(base, shifted)
+            >>> float(effect["posterior_predictive"]["y"].mean())
+            1.0
+        """
+        outputs = []
+        shared_key = None
+        if output_baseline is None or output_intervention is None:
+            self._check_fitted()
+            explicit = [a for a in (args_baseline, args_intervention) if a and "rng_key" in a]
+            if not explicit:
+                shared_key = self._next_key(None)
+        for name, out, args in (
+            ("baseline", output_baseline, args_baseline),
+            ("intervention", output_intervention, args_intervention),
+        ):
+            if out is None:
+                if args is None:
+                    raise ValueError(f"Either `output_{name}` or `args_{name}` must be provided.")
+                if not isinstance(args, Mapping):
+                    raise TypeError(f"`args_{name}` must be a dict of predict arguments.")
+                out = self._run_scenario(args, shared_key, on_batch)
+            outputs.append(out)
+        baseline, intervention = outputs
+        if isinstance(baseline, Mapping) and isinstance(intervention, Mapping):
+            try:
+                backend = io_backend()
+            except ImportError:
+                return {k: np.asarray(intervention[k]) - np.asarray(baseline[k]) for k in baseline}
+        else:
+            backend = io_backend()
+        in_sample = all(
+            (args or {}).get("in_sample", True) for args in (args_baseline, args_intervention)
+        )
+        return backend.effect_tree(
+            baseline,
+            intervention,
+            posterior=self._host_posterior() or None,
+            num_chains=self._num_chains,
+            group="posterior_predictive" if in_sample else "predictions",
+        )
+
+    def _run_scenario(
+        self, args: Mapping[str, Any], shared_key: jax.Array | None, on_batch: bool
+    ) -> Any:
+        """Run one scenario of :meth:`estimate_effect` given as predict arguments."""
+        call = dict(args)
+        if shared_key is not None:
+            call.setdefault("rng_key", shared_key)
+        if on_batch:
+            return self.predict_on_batch(**call)
+        X, options = StreamOptions.from_mapping(
+            "predict", "estimate_effect", call, param_input=self._param_input, progress=False
+        )
+        if X is None:
+            raise ValueError(f"Scenario arguments must include {self._param_input!r}.")
+        return self._stream(X, None, options)
+
+
+__all__ = ["PredictiveMethods"]
