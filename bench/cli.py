@@ -1,4 +1,7 @@
-"""Command line: ``python -m bench [--quick] [--workload NAME] [--out bench/RESULTS.md]``."""
+"""Command line: ``python -m bench [--quick] [--workload NAME] [--out PATH]``.
+
+The report goes to ``bench/results/<UTC timestamp>-<quick|full>.md`` by default.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from bench.runner import first_call, has_io, log, run_case
 from bench.workloads import CASES, cases, fit_posterior
 
 HERE = Path(__file__).resolve().parent
+#: Where reports go unless ``--out`` says otherwise (index: ``results/README.md``).
+RESULTS_DIR = HERE / "results"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,8 +59,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="MODE",
         help="also run MODE once per case under cProfile (bench/profiles/)",
     )
-    p.add_argument("--out", default=str(HERE / "RESULTS.md"), help="Markdown report path")
+    p.add_argument(
+        "--out",
+        help="Markdown report path (default: bench/results/<UTC timestamp>-<quick|full>.md)",
+    )
     return p.parse_args(argv)
+
+
+def default_out(quick: bool) -> Path:
+    """``bench/results/<UTC timestamp>-<quick|full>.md``, e.g. ``20261126T0136Z-full.md``."""
+    stamp = time.strftime("%Y%m%dT%H%MZ", time.gmtime())
+    return RESULTS_DIR / f"{stamp}-{'quick' if quick else 'full'}.md"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     meta["elapsed_s"] = time.perf_counter() - t_start
     run_args = {"quick": args.quick, "repeats": repeats, "argv": raw_argv}
     text = render(meta, results, first_calls, run_args)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_out(args.quick)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     out.with_suffix(".json").write_text(
         json.dumps(

@@ -1,6 +1,6 @@
 """Dask LocalCluster vs one process: the same ``predict`` into a Zarr store.
 
-Run with ``uv run python -m bench.dask_local`` (writes ``bench/RESULTS-dask.md``).
+Run with ``uv run python -m bench.dask_local`` (writes ``bench/results/dask.md``).
 Medians of warm calls: every configuration runs once untimed first, so neither
 side pays JAX compilation or worker start-up in the timed calls.
 """
@@ -22,7 +22,7 @@ from aimz_core import ImpactModel
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 
-OUT = Path(__file__).with_name("RESULTS-dask.md")
+OUT = Path(__file__).with_name("results") / "dask.md"
 
 
 def linreg(X, y=None):

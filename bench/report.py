@@ -1,4 +1,4 @@
-"""Turn the collected figures into ``RESULTS.md``: machine, tables, targets."""
+"""Turn the collected figures into a Markdown report: machine, tables, targets."""
 
 from __future__ import annotations
 
@@ -429,7 +429,7 @@ def combine(runs: list[tuple[str, dict[str, Any]]], notes: str | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m bench.report LABEL=RUN.json ... [--notes NOTES.md] --out RESULTS.md``.
+    """``python -m bench.report LABEL=RUN.json ... [--notes NOTES.md] --out REPORT.md``.
 
     Writes the combined Markdown and, next to it, ``{label: run}`` as JSON.
     """

@@ -5,7 +5,7 @@ comparisons are confounded) and an outcome that depends on both. The interventio
 ``{"treatment": 1.0}`` fixes the ``treatment`` sample site with
 ``numpyro.handlers.do``; :meth:`aimz.ImpactModel.estimate_effect` runs both scenarios
 with one shared key (paired draws) and returns the difference as a DataTree, which
-``aimz_io.backend.summarize_effect`` turns into a table.
+``aimz.summarize_effect`` turns into a table.
 
 Run: ``python examples/03_interventions_effects.py``
 """
@@ -16,8 +16,7 @@ import jax
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from aimz import ImpactModel
-from aimz_io.backend import format_summary, summarize_effect
+from aimz import ImpactModel, format_summary, summarize_effect
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 

@@ -337,6 +337,23 @@ def test_bind_input_rules() -> None:
         cli.bind_input({"A": np.ones(2)}, ("X", "y"), "X", "y")
 
 
+def test_bind_input_tables() -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": [1.0, 2.0], "t": [0.0, 1.0], "b": [3, 4], "y": [0.0, 0.0]})
+    X, kwargs, notes = cli.bind_input({"__table__": frame}, ("X", "t", "y"), "X", "y")
+    assert X.tolist() == [[1.0, 3.0], [2.0, 4.0]] and X.dtype == np.float32
+    assert list(kwargs) == ["t"]
+    assert notes == ["column 'y' (the model output) was ignored"]
+    # A list column named like the input holds one row per cell (e.g. from Parquet).
+    rows = pd.DataFrame({"X": [np.ones(3), np.zeros(3)], "t": [0.0, 1.0]})
+    X, kwargs, _ = cli.bind_input({"__table__": rows}, ("X", "t", "y"), "X", "y")
+    assert X.shape == (2, 3) and list(kwargs) == ["t"]
+    with pytest.raises(cli.CliError, match="no feature columns left for X"):
+        cli.bind_input({"__table__": frame[["t", "y"]]}, ("X", "t", "y"), "X", "y")
+    with pytest.raises(cli.CliError, match="'name' must be numeric"):
+        cli.bind_input({"__table__": frame.assign(name="u")}, ("X", "t", "y"), "X", "y")
+
+
 def test_no_command_and_version(capsys) -> None:
     assert cli.main([]) == 2
     assert cli.main(["--version"]) == 0

@@ -118,3 +118,15 @@ def test_wrapper_converts_inputs(fitted: ImpactModel, data: Any) -> None:
         wrapper.predict({"X": data.X}, params={"intervention": "{not json"})
     with pytest.raises(KeyError, match="'X'"):
         wrapper.predict({"Z": data.X})
+
+
+def test_wrapper_binds_inputs_like_aimz_predict(fitted: ImpactModel, data: Any) -> None:
+    """One rule with the CLI: the output column is dropped, unknown names are refused."""
+    wrapper = aimz_mlflow._AimzModelWrapper(fitted)
+    params = {"seed": 5}
+    expected = wrapper.predict({"X": data.X}, params=params)
+    frame = pd.DataFrame(data.X, columns=["a", "b", "c"]).assign(y=data.y)
+    assert_same(wrapper.predict(frame, params=params), expected)
+    assert_same(wrapper.predict({"X": data.X, "y": data.y}, params=params), expected)
+    with pytest.raises(ValueError, match="not parameters of the kernel"):
+        wrapper.predict({"X": data.X, "scale": 2.0}, params=params)

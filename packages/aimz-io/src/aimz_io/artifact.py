@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
+from aimz_core.backend import is_url
 
 from aimz_io.datatree import (
     assemble_tree,
@@ -37,16 +38,6 @@ PLAN_ATTR = "aimz_plan"
 STORE_ATTRS = (COMPLETE_ATTR, "group", PLAN_ATTR)
 
 _CALLER = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-def is_url(location: object) -> bool:
-    """Whether ``location`` is an fsspec URL (``s3://bucket/prefix``), not a local path.
-
-    Example:
-        >>> is_url("s3://bucket/runs"), is_url("/tmp/runs"), is_url("file:///tmp")
-        (True, False, False)
-    """
-    return isinstance(location, str) and "://" in location and not location.startswith("file:")
 
 
 def store_for(

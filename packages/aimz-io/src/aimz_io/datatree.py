@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 from aimz_core.exceptions import OutputWarning
+from aimz_core.naming import default_dims
 
 from aimz_io.provenance import base_attrs
 
@@ -42,16 +43,6 @@ def as_host_array(value: Any) -> np.ndarray:
     """
     array = np.asarray(value)
     return array.astype(storage_dtype(array.dtype), copy=False)
-
-
-def default_dims(site: str, ndim: int) -> tuple[str, ...]:
-    """Fallback dim names ``<site>_dim_<i>`` for the axes after the draw axis.
-
-    Example:
-        >>> default_dims("y", 2)
-        ('y_dim_0', 'y_dim_1')
-    """
-    return tuple(f"{site}_dim_{i}" for i in range(ndim))
 
 
 def resolve_dims(

@@ -5,12 +5,24 @@ serve it through pyfunc (``mlflow models serve``) and autolog its fits. The full
 ``aimz`` distribution re-exports this module as ``aimz.mlflow``.
 
 Example:
+    Log a fitted model to a local tracking store and load it back (explicit
+    ``pip_requirements`` skip MLflow's slower requirement inference):
+
+    >>> import tempfile
     >>> import mlflow, aimz_mlflow
-    >>> aimz_mlflow.FLAVOR_NAME
-    'aimz'
-    >>> # with mlflow.start_run():
-    >>> #     info = aimz_mlflow.log_model(model, name="model", input_example={"X": X[:5]})
-    >>> # model = aimz_mlflow.load_model(info.model_uri)
+    >>> from aimz_core.testing import fitted_linreg, linreg_data
+    >>> model = fitted_linreg(num_draws=10)
+    >>> X, _ = linreg_data(5)
+    >>> mlflow.set_tracking_uri(f"sqlite:///{tempfile.mkdtemp()}/mlflow.db")
+    >>> with mlflow.start_run():
+    ...     info = aimz_mlflow.log_model(
+    ...         model, name="model", input_example={"X": X}, pip_requirements=["aimz-mlflow"]
+    ...     )
+    >>> loaded = aimz_mlflow.load_model(info.model_uri)
+    >>> loaded.predict_on_batch(X, return_datatree=False)["y"].shape
+    (10, 5)
+    >>> mlflow.pyfunc.load_model(info.model_uri).predict({"X": X}, params={"seed": 0})["y"].shape
+    (10, 5)
 """
 
 from aimz_mlflow.autolog import autolog

@@ -222,9 +222,17 @@ def autolog(
         extra_tags: Tags set on runs created by autologging.
 
     Example:
-        >>> import aimz_mlflow
-        >>> aimz_mlflow.autolog()
-        >>> # model.fit_on_batch(X, y, num_steps=1000)  # logged to MLflow
+        >>> import tempfile
+        >>> import mlflow, aimz_mlflow
+        >>> from aimz_core.testing import linreg_data, make_model
+        >>> mlflow.set_tracking_uri(f"sqlite:///{tempfile.mkdtemp()}/mlflow.db")
+        >>> aimz_mlflow.autolog(log_models=False, log_datasets=False)
+        >>> X, y = linreg_data()
+        >>> with mlflow.start_run() as run:
+        ...     _ = make_model().fit_on_batch(X, y, num_steps=20, num_samples=10, progress=False)
+        >>> logged = mlflow.get_run(run.info.run_id).data
+        >>> logged.params["inference_method"], "elbo_loss" in logged.metrics
+        ('SVI', True)
         >>> aimz_mlflow.autolog(disable=True)
     """
     from aimz_core import ImpactModel

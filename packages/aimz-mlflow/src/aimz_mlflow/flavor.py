@@ -144,9 +144,18 @@ def save_model(
             environment arguments.
 
     Example:
+        >>> import os, tempfile
         >>> import aimz_mlflow
-        >>> # aimz_mlflow.save_model(model, "my_model", input_example={"X": X[:5]})
-        >>> # loaded = aimz_mlflow.load_model("my_model")
+        >>> from aimz_core.testing import fitted_linreg, linreg_data
+        >>> X, _ = linreg_data(5)
+        >>> path = os.path.join(tempfile.mkdtemp(), "my_model")
+        >>> aimz_mlflow.save_model(
+        ...     fitted_linreg(num_draws=10), path, input_example={"X": X},
+        ...     pip_requirements=["aimz-mlflow"],
+        ... )
+        >>> sorted(os.listdir(path))  # doctest: +NORMALIZE_WHITESPACE
+        ['MLmodel', 'conda.yaml', 'input_example.json', 'model.pkl', 'python_env.yaml',
+         'requirements.txt', 'serving_input_example.json']
     """
     _check_model(model)
     _validate_env_arguments(conda_env, pip_requirements, extra_pip_requirements)
@@ -274,10 +283,18 @@ def log_model(
         The :class:`~mlflow.models.model.ModelInfo` (``model_uri``, ``model_id``, ...).
 
     Example:
+        >>> import tempfile
         >>> import mlflow, aimz_mlflow
-        >>> # with mlflow.start_run():
-        >>> #     info = aimz_mlflow.log_model(model, name="model")
-        >>> # aimz_mlflow.load_model(info.model_uri)
+        >>> from aimz_core.testing import fitted_linreg
+        >>> mlflow.set_tracking_uri(f"sqlite:///{tempfile.mkdtemp()}/mlflow.db")
+        >>> with mlflow.start_run():
+        ...     info = aimz_mlflow.log_model(
+        ...         fitted_linreg(num_draws=10), name="model", pip_requirements=["aimz-mlflow"]
+        ...     )
+        >>> info.model_uri.startswith("models:/")
+        True
+        >>> aimz_mlflow.load_model(info.model_uri).is_fitted()
+        True
     """
     import aimz_mlflow
 
@@ -349,9 +366,15 @@ def load_model(model_uri: str | os.PathLike[str], dst_path: str | None = None) -
             the serialization format is unknown.
 
     Example:
+        >>> import os, tempfile
         >>> import aimz_mlflow
-        >>> # model = aimz_mlflow.load_model("models:/m-123")
-        >>> # model.predict_on_batch(X, return_datatree=False)
+        >>> from aimz_core.testing import fitted_linreg, linreg_data
+        >>> path = os.path.join(tempfile.mkdtemp(), "my_model")
+        >>> aimz_mlflow.save_model(fitted_linreg(num_draws=10), path, pip_requirements=["numpyro"])
+        >>> model = aimz_mlflow.load_model(path)  # or "runs:/<run_id>/model", "models:/<id>"
+        >>> X, _ = linreg_data(5)
+        >>> model.predict_on_batch(X, return_datatree=False)["y"].shape
+        (10, 5)
     """
     local_path = _download_artifact_from_uri(
         artifact_uri=os.fspath(model_uri), output_path=dst_path
@@ -370,7 +393,16 @@ def _load_pyfunc(path: str, model_config: dict[str, Any] | None = None) -> _Aimz
         model_config: Unused; accepted for MLflow's loader protocol.
 
     Example:
-        >>> # mlflow.pyfunc.load_model(uri) calls this through ``loader_module``
+        ``mlflow.pyfunc.load_model`` calls this through ``loader_module``:
+
+        >>> import os, tempfile
+        >>> import aimz_mlflow
+        >>> from aimz_core.testing import fitted_linreg
+        >>> path = os.path.join(tempfile.mkdtemp(), "my_model")
+        >>> aimz_mlflow.save_model(fitted_linreg(num_draws=10), path, pip_requirements=["numpyro"])
+        >>> wrapper = _load_pyfunc(os.path.join(path, "model.pkl"))
+        >>> wrapper.get_raw_model().is_fitted()
+        True
     """
     model_dir = _model_dir(str(Path(path)))
     try:

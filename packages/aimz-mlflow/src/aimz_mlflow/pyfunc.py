@@ -106,49 +106,50 @@ def predict_options(params: Mapping[str, Any] | None) -> tuple[bool, dict[str, A
     return return_datatree, kwargs
 
 
-def _stack_column(values: Any) -> np.ndarray:
-    return np.stack([np.asarray(v) for v in values])
+def split_input(data: Any, model: Any) -> tuple[Any, dict[str, Any]]:
+    """Split pyfunc input into the model input and the kernel keyword arguments.
 
+    The rule is :func:`aimz_core.table_input.bind_input`, the same one ``aimz
+    predict`` uses for its files:
 
-def split_input(data: Any, param_input: str) -> tuple[Any, dict[str, Any]]:
-    """Split pyfunc input into the model input and other keyword arguments.
-
-    * dict: ``data[param_input]`` (or ``data["X"]``) is the input; other keys are
-      kernel keyword arguments or ``predict`` options.
+    * dict: ``data[param_input]`` (or ``data["X"]``) is the input; keys named like
+      other kernel parameters are keyword arguments; the output key is dropped;
+      any other key is an error.
     * NumPy array (or list): the input.
-    * pandas DataFrame: its columns as a float array; when it has a column named
-      ``param_input`` whose cells are lists or arrays, every column is stacked into
-      one array per column instead.
+    * pandas DataFrame: columns named like kernel parameters are keyword arguments,
+      a column named like the output is dropped, and the other columns form the
+      input as a ``float32`` array; a column named like ``param_input`` whose cells
+      are lists or arrays (one row per cell) is stacked into the input instead.
+
+    Args:
+        data: The pyfunc input.
+        model: The :class:`~aimz_core.ImpactModel` (its kernel's parameter names,
+            ``param_input`` and ``param_output``).
+
+    Returns:
+        ``(X, kwargs)``.
+
+    Raises:
+        KeyError: A dict has no entry for the input.
+        ValueError: A name is not a kernel parameter, or a column is not numeric.
 
     Example:
-        >>> import numpy as np
-        >>> X, kw = split_input({"X": [[1.0, 2.0]], "scale": 2.0}, "X")
-        >>> X.shape, kw
-        ((1, 2), {'scale': 2.0})
+        >>> import pandas as pd
+        >>> from aimz_core.testing import make_model
+        >>> X, kw = split_input(pd.DataFrame({"a": [1.0], "b": [2.0], "y": [0.0]}), make_model())
+        >>> X, kw
+        (array([[1., 2.]], dtype=float32), {})
     """
-    try:
-        import pandas as pd
-    except ImportError:  # pragma: no cover - pandas comes with mlflow
-        pd = None
-    if pd is not None and isinstance(data, pd.DataFrame):
-        if param_input in data.columns and data[param_input].map(np.ndim).gt(0).all():
-            columns = {str(c): _stack_column(data[c]) for c in data.columns}
-            return columns.pop(param_input), columns
-        return data.to_numpy(dtype=float), {}
-    if isinstance(data, Mapping):
-        kwargs = dict(data)
-        key = param_input if param_input in kwargs else "X"
-        if key not in kwargs:
-            raise KeyError(
-                f"The input dict must hold the model input under {param_input!r}; got keys "
-                f"{sorted(kwargs)}."
-            )
-        X = kwargs.pop(key)
-        kwargs = {k: np.asarray(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-        return np.asarray(X) if isinstance(X, list) else X, kwargs
-    if isinstance(data, list):
-        return np.asarray(data), {}
-    return data, {}
+    from aimz_core.arguments import kernel_parameter_names
+    from aimz_core.table_input import bind_input
+
+    bound = bind_input(
+        data,
+        kernel_parameter_names(model.kernel),
+        param_input=model.param_input,
+        param_output=model.param_output,
+    )
+    return bound.X, bound.kwargs
 
 
 def _variable_rows(outputs: Schema | None, num_rows: int | None) -> Schema | None:
@@ -175,8 +176,11 @@ def infer_pyfunc_signature(
     outputs' row axis is variable.
 
     Example:
-        >>> # infer_pyfunc_signature(model, {"X": X[:5]}).params.params[1].name
-        >>> # 'seed'
+        >>> from aimz_core.testing import fitted_linreg, linreg_data
+        >>> X, _ = linreg_data(5)
+        >>> signature = infer_pyfunc_signature(fitted_linreg(num_draws=10), {"X": X})
+        >>> signature.inputs.input_names(), signature.params.params[1].name
+        (['X'], 'seed')
     """
     call = {**dict(params or {}), "return_datatree": False}
     if call.get("seed") is None:
@@ -184,7 +188,7 @@ def infer_pyfunc_signature(
     extra = {k: v for k, v in call.items() if k not in _PARAM_NAMES}
     prediction = _AimzModelWrapper(model).predict(data, params=call)
     signature = infer_signature(data, prediction)
-    X, _ = split_input(data, model.param_input)
+    X, _ = split_input(data, model)
     signature.outputs = _variable_rows(signature.outputs, len(X) if np.ndim(X) else None)
     schema = params_schema()
     if extra:
@@ -200,8 +204,11 @@ class _AimzModelWrapper:
         model: The fitted :class:`~aimz_core.ImpactModel`.
 
     Example:
-        >>> # wrapper = mlflow.pyfunc.load_model(uri)._model_impl
-        >>> # wrapper.get_raw_model().is_fitted()
+        >>> from aimz_core.testing import fitted_linreg, linreg_data
+        >>> wrapper = _AimzModelWrapper(fitted_linreg(num_draws=10))
+        >>> X, _ = linreg_data(5)
+        >>> wrapper.predict({"X": X}, params={"seed": 0})["y"].shape
+        (10, 5)
     """
 
     def __init__(self, model: Any) -> None:
@@ -211,7 +218,10 @@ class _AimzModelWrapper:
         """Return the wrapped :class:`~aimz_core.ImpactModel`.
 
         Example:
-            >>> # mlflow.pyfunc.load_model(uri).get_raw_model()
+            >>> from aimz_core.testing import fitted_linreg
+            >>> model = fitted_linreg(num_draws=10)
+            >>> _AimzModelWrapper(model).get_raw_model() is model
+            True
         """
         return self.model
 
@@ -233,10 +243,19 @@ class _AimzModelWrapper:
             ``return_datatree=True`` (needs ``aimz-io``).
 
         Example:
-            >>> # pyfunc_model.predict({"X": X}, params={"seed": 0})["y"].shape
+            >>> import pandas as pd
+            >>> from aimz_core.testing import fitted_linreg, linreg_data
+            >>> wrapper = _AimzModelWrapper(fitted_linreg(num_draws=10))
+            >>> X, _ = linreg_data(5)
+            >>> draws = wrapper.predict({"X": X}, params={"seed": 0})
+            >>> draws["y"].shape
+            (10, 5)
+            >>> same = wrapper.predict(pd.DataFrame(X, columns=["a", "b"]), params={"seed": 0})
+            >>> bool((same["y"] == draws["y"]).all())
+            True
         """
         return_datatree, kwargs = predict_options(params)
-        X, data_kwargs = split_input(data, self.model.param_input)
+        X, data_kwargs = split_input(data, self.model)
         call = {**data_kwargs, **kwargs}
         if return_datatree:
             return self.model.predict(X, store="memory", return_datatree=True, **call)

@@ -96,7 +96,20 @@ def verify_checksums(model_dir: str | os.PathLike[str], flavor_conf: Mapping) ->
             to the model's code directory.
 
     Example:
-        >>> # verify_checksums("/path/to/model", flavor_conf)  # raises on mismatch
+        >>> import os, tempfile
+        >>> import aimz_mlflow
+        >>> from aimz_core.testing import fitted_linreg
+        >>> from mlflow.models import Model
+        >>> path = os.path.join(tempfile.mkdtemp(), "my_model")
+        >>> aimz_mlflow.save_model(fitted_linreg(num_draws=10), path, pip_requirements=["numpyro"])
+        >>> conf = Model.load(path).flavors["aimz"]
+        >>> verify_checksums(path, conf)  # the files are as saved
+        >>> with open(os.path.join(path, "model.pkl"), "ab") as f:
+        ...     _ = f.write(b"tampered")
+        >>> verify_checksums(path, conf)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mlflow.exceptions.MlflowException: ...
     """
     expected = flavor_conf.get("checksums")
     if not expected:

@@ -5,9 +5,9 @@ This meta-package only re-exports the parts (``aimz-core``, ``aimz-io``,
 the window this release of ``aimz`` was built for.
 
 Example:
-    >>> from aimz import ImpactModel
-    >>> ImpactModel.__module__.split(".")[0]
-    'aimz_core'
+    >>> from aimz import ImpactModel, open_tree
+    >>> ImpactModel.__module__.split(".")[0], open_tree.__module__.split(".")[0]
+    ('aimz_core', 'aimz_io')
 """
 
 from __future__ import annotations
@@ -83,8 +83,11 @@ logging.getLogger("aimz").addHandler(logging.NullHandler())
 
 
 # Loaded on first access: `ImpactModel` (and the modules re-exporting it) import
-# JAX, and `aimz.mlflow` imports mlflow; `import aimz` itself stays fast.
+# JAX, the `aimz_io` functions import xarray and zarr, and `aimz.mlflow` imports
+# mlflow; `import aimz` itself stays fast.
 _LAZY_MODULES = ("mlflow", "model", "utils")
+# The user-facing functions of aimz-io (reading artifacts, summarizing effects).
+_LAZY_IO = ("effect_tree", "format_summary", "open_tree", "summarize_effect")
 
 
 def __getattr__(name: str) -> Any:
@@ -92,6 +95,8 @@ def __getattr__(name: str) -> Any:
         import aimz_core
 
         value = aimz_core.ImpactModel
+    elif name in _LAZY_IO:
+        value = getattr(importlib.import_module("aimz_io"), name)
     elif name in _LAZY_MODULES:
         value = importlib.import_module(f"aimz.{name}")
     else:
@@ -101,10 +106,11 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "ImpactModel", *_LAZY_MODULES])
+    return sorted([*globals(), "ImpactModel", *_LAZY_IO, *_LAZY_MODULES])
 
 
 __all__ = [
+    # aimz-core: the model, its kernel description, exceptions and warnings
     "AimzWarning",
     "FitWarning",
     "ImpactModel",
@@ -113,5 +119,10 @@ __all__ = [
     "NotFittedError",
     "OutputWarning",
     "PerformanceWarning",
+    # aimz-io: reading artifacts back and summarizing effects
+    "effect_tree",
+    "format_summary",
+    "open_tree",
+    "summarize_effect",
     "__version__",
 ]

@@ -298,6 +298,10 @@ def bind_input(
 ) -> tuple[Any, dict[str, Any], list[str]]:
     """Split input arrays into the kernel's input and keyword arguments.
 
+    Applies the rule of :func:`aimz_core.table_input.bind_input`, the same one the
+    MLflow pyfunc wrapper uses: arrays or columns named like kernel parameters are
+    passed as such, the output is dropped, and the rest of a table forms ``X``.
+
     Args:
         data: Output of :func:`read_input`.
         param_names: The kernel's parameter names.
@@ -305,7 +309,7 @@ def bind_input(
         param_output: Name of the kernel's output parameter (dropped when present).
 
     Returns:
-        ``(X, kwargs, notes)`` where ``notes`` explain columns that were dropped.
+        ``(X, kwargs, notes)`` where ``notes`` explain entries that were dropped.
 
     Raises:
         CliError: When ``X`` is missing, a name is not a kernel parameter, or a
@@ -318,45 +322,23 @@ def bind_input(
         >>> sorted(kw)
         ['t']
     """
-    import numpy as np
+    from aimz_core.table_input import bind_input as bind
 
-    notes: list[str] = []
-    if "__table__" in data:
-        frame = data["__table__"]
-        kwargs = {}
-        for name in frame.columns:
-            if name in param_names and name not in (param_input, param_output):
-                kwargs[str(name)] = frame[name].to_numpy(dtype=np.float32)
-        if param_output in frame.columns:
-            notes.append(f"column {param_output!r} (the model output) was ignored")
-        features = [c for c in frame.columns if c not in kwargs and c != param_output]
-        if not features:
-            raise CliError("the input table has no feature columns left for X")
-        try:
-            X = frame[features].to_numpy(dtype=np.float32)
-        except (TypeError, ValueError):
-            raise CliError(
-                f"feature columns {list(map(str, features))} must all be numeric"
-            ) from None
-        return X, kwargs, notes
-    arrays = dict(data)
-    X = arrays.pop(param_input, None)
-    if X is None:
-        X = arrays.pop("X", None)
-    if X is None:
-        raise CliError(
-            f"the input has no array named {param_input!r} (found: {', '.join(sorted(data))})"
+    table = "__table__" in data
+    try:
+        bound = bind(
+            data["__table__"] if table else data,
+            param_names,
+            param_input=param_input,
+            param_output=param_output,
         )
-    if param_output in arrays:
-        arrays.pop(param_output)
-        notes.append(f"array {param_output!r} (the model output) was ignored")
-    unknown = sorted(set(arrays) - set(param_names))
-    if unknown:
-        raise CliError(
-            f"input arrays {unknown} are not parameters of the kernel "
-            f"(parameters: {', '.join(param_names)})"
-        )
-    return X, arrays, notes
+    except KeyError as err:
+        raise CliError(str(err.args[0])) from None
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    what = "column" if table else "array"
+    notes = [f"{what} {name!r} (the model output) was ignored" for name in bound.dropped]
+    return bound.X, bound.kwargs, notes
 
 
 def check_tracking_store(model_uri: str, tracking_uri: str | None) -> None:
@@ -523,7 +505,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for name, var in ds.data_vars.items():
         dims = ", ".join(f"{d}={n}" for d, n in zip(var.dims, var.shape, strict=True))
         print(f"  {name}: ({dims}) {var.dtype}, {_human(var.nbytes)} uncompressed")
-    print("open with: xarray.open_zarr(path) or aimz_io.backend.open_tree(path)")
+    print("open with: xarray.open_zarr(path) or aimz.open_tree(path)")
     return 0
 
 
