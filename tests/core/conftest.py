@@ -9,35 +9,15 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import pytest
 from aimz_core import ImpactModel
-from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
-from numpyro.infer.autoguide import AutoNormal
+from aimz_core.testing import linreg, make_model
+from numpyro.infer import MCMC, NUTS
 
 N_OBS = 60
 N_DRAWS = 50
 TRUE_W = np.array([1.5, -2.0], dtype=np.float32)
 TRUE_B = 0.5
-
-
-def linreg(X, y=None):
-    """Global latents ``w``, ``b``, ``sigma``; deterministic ``mu``; output ``y``."""
-    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
-    b = numpyro.sample("b", dist.Normal(0.0, 1.0))
-    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
-    mu = numpyro.deterministic("mu", X @ w + b)
-    with numpyro.plate("obs", X.shape[0]):
-        numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
-
-
-def make_svi(kernel=linreg, lr: float = 0.05) -> SVI:
-    return SVI(kernel, AutoNormal(kernel), numpyro.optim.Adam(lr), Trace_ELBO())
-
-
-def make_model(kernel=linreg, seed: int = 0, **kwargs) -> ImpactModel:
-    return ImpactModel(kernel, rng_key=jax.random.key(seed), inference=make_svi(kernel), **kwargs)
 
 
 def key_data(key: jax.Array) -> list[int]:

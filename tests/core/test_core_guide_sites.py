@@ -12,10 +12,9 @@ import numpyro
 import pytest
 from aimz_core import ImpactModel, OutputWarning
 from aimz_core.recorded_sites import prototype_sites, recorded_sites
+from aimz_core.testing import linreg
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
-
-from .conftest import linreg
 
 LATENTS = {"w", "b", "sigma"}
 GUIDES = [AutoMultivariateNormal, AutoDiagonalNormal]

@@ -13,10 +13,11 @@ import pytest
 from aimz_core import AimzWarning, ImpactModel, KernelSpec, KernelValidationError
 from aimz_core import model as impact_model_module
 from aimz_core.kernel_spec import coerce_return_sites
+from aimz_core.testing import linreg, make_model, make_svi
 from numpyro import handlers
 
 from ..aimz_testing import assert_close_float, assert_sites_close
-from .conftest import N_DRAWS, linreg, make_model, make_svi
+from .conftest import N_DRAWS
 
 KEY = jax.random.key(0)
 

@@ -23,11 +23,12 @@ from aimz_core import (
     OutputWarning,
     PerformanceWarning,
 )
+from aimz_core.testing import linreg, make_model, make_svi
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.svi import SVIRunResult
 
-from .conftest import N_DRAWS, key_data, linreg, make_model, make_svi
+from .conftest import N_DRAWS, key_data
 
 KEY = jax.random.key(42)
 

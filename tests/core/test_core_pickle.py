@@ -19,10 +19,11 @@ import numpyro.distributions as dist
 import pytest
 from aimz_core import ImpactModel, PerformanceWarning
 from aimz_core import model as impact_model_module
+from aimz_core.testing import linreg, make_svi
 from numpyro.infer import MCMC, NUTS
 
 from ..aimz_testing import assert_close_float
-from .conftest import N_DRAWS, key_data, linreg, make_svi
+from .conftest import N_DRAWS, key_data
 
 KEY = jax.random.key(77)
 

@@ -22,9 +22,10 @@ from aimz_core import (
 )
 from aimz_core.engine import stream
 from aimz_core.sinks import MemorySink, Sink, SiteLayout, StreamInfo
+from aimz_core.testing import make_model, make_svi
 
 from ..aimz_testing import assert_close_float, assert_sites_close
-from .conftest import N_DRAWS, key_data, make_model, make_svi
+from .conftest import N_DRAWS, key_data
 
 KEY = jax.random.key(2024)
 OBS_BATCH = 25  # does not divide N_OBS = 60: the last batch is padded and trimmed

@@ -24,9 +24,10 @@ import jax
 import numpy as np
 import pytest
 from aimz_core import ImpactModel
+from aimz_core.testing import linreg, make_svi
 
 from ..aimz_testing import assert_close_float, child_env
-from .conftest import N_OBS, TRUE_B, TRUE_W, linreg, make_svi
+from .conftest import N_OBS, TRUE_B, TRUE_W
 
 CHILD = textwrap.dedent(
     """
@@ -35,16 +36,9 @@ CHILD = textwrap.dedent(
     from numpyro.infer import SVI, Trace_ELBO
     from numpyro.infer.autoguide import AutoNormal
     from aimz_core import ImpactModel, PerformanceWarning
+    from aimz_core.testing import linreg
 
     assert jax.local_device_count() == 4, jax.devices()
-
-    def linreg(X, y=None):
-        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
-        b = numpyro.sample("b", dist.Normal(0.0, 1.0))
-        sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
-        mu = numpyro.deterministic("mu", X @ w + b)
-        with numpyro.plate("obs", X.shape[0]):
-            numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
 
     def local(X, y=None):
         with numpyro.plate("obs", X.shape[0]):

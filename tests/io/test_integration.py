@@ -14,21 +14,12 @@ jax = pytest.importorskip("jax")
 numpyro = pytest.importorskip("numpyro")
 aimz_core = pytest.importorskip("aimz_core")
 
-import numpyro.distributions as dist  # noqa: E402
+from aimz_core.testing import linreg  # noqa: E402
 from aimz_io.backend import open_tree, summarize_effect  # noqa: E402
 from numpyro.infer import SVI, Trace_ELBO  # noqa: E402
 from numpyro.infer.autoguide import AutoNormal  # noqa: E402
 
 N_OBS, N_DRAWS = 40, 30
-
-
-def linreg(X, y=None):
-    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
-    b = numpyro.sample("b", dist.Normal(0.0, 1.0))
-    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
-    mu = numpyro.deterministic("mu", X @ w + b)
-    with numpyro.plate("obs", X.shape[0]):
-        numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
 
 
 @pytest.fixture(scope="module")
