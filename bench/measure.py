@@ -1,7 +1,7 @@
 """Measuring one call: wall, CPU, sampled peak RSS, and engine instrumentation.
 
 The engine is observed, never changed: :class:`EngineProbe` swaps the ``stream``
-function of ``aimz_core.streaming.stream`` (which ``run_plan`` calls) for a wrapper
+function of ``aimz_core.streaming.loop`` (which ``run_plan`` calls) for a wrapper
 that timestamps every ``launch`` (dispatch of one batch), every host wait
 (``np.asarray`` inside that module) and every sink call, then calls the real ``stream``. Each of
 these also records the main thread's CPU time (``time.thread_time``), so the
@@ -145,7 +145,7 @@ class StreamRecord:
 
 
 class _TimedNumpy(types.ModuleType):
-    """``numpy`` for ``aimz_core.streaming.stream`` whose ``asarray`` records its wait."""
+    """``numpy`` for ``aimz_core.streaming.loop`` whose ``asarray`` records its wait."""
 
     def __init__(self, probe: EngineProbe) -> None:
         super().__init__("numpy")
@@ -200,7 +200,7 @@ class EngineProbe:
         self.records: list[StreamRecord] = []
 
     def __enter__(self) -> EngineProbe:
-        import aimz_core.streaming.stream as engine
+        import aimz_core.streaming.loop as engine
 
         im = engine
 

@@ -31,7 +31,8 @@ ALIASES = {
     "aimz_core.output": ["io_backend", "is_url", "resolve_output_dir"],
     "aimz_core.data": ["ArrayDataset", "ArrayLoader"],
     "aimz_core.planning": ["auto_batch_size"],
-    "aimz_core.executable_cache": ["PersistentJit"],
+    "aimz_core.executable_cache": ["PersistentJit", "program_key"],
+    "aimz_core.sampling": ["forward_draw", "global_trace"],
     "aimz_core.compilation_cache": ["ensure_compilation_cache"],
 }
 

@@ -20,8 +20,7 @@ from aimz_core import (
     OutputWarning,
     PerformanceWarning,
 )
-from aimz_core.engine import stream
-from aimz_core.sinks import MemorySink, Sink, SiteLayout, StreamInfo
+from aimz_core.streaming import MemorySink, Sink, SiteLayout, StreamInfo, stream
 from aimz_core.testing import make_model, make_svi
 
 from ..aimz_testing import assert_close_float, assert_sites_close

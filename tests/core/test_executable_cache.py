@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from aimz_core.executable_cache import PersistentJit, executable_cache_dir, program_key
+from aimz_core._jit_cache import PersistentJit, executable_cache_dir, program_key
 
 from ..aimz_testing import child_env
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import pytest
-from aimz_core.sinks import Sink, SiteLayout, StreamInfo
+from aimz_core.streaming import Sink, SiteLayout, StreamInfo
 
 
 def layout_for(

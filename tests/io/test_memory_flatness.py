@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from aimz_core.sinks import SiteLayout, StreamInfo
+from aimz_core.streaming import SiteLayout, StreamInfo
 from aimz_io.zarr_sink import ZarrSink
 
 psutil = pytest.importorskip("psutil")

@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 import zarr
 from aimz_core.exceptions import OutputWarning
-from aimz_core.sinks import SiteLayout, StreamInfo
+from aimz_core.streaming import SiteLayout, StreamInfo
 from aimz_io import artifact, lazy_arrays
 from aimz_io.backend import make_sink, open_tree
 from aimz_io.zarr_sink import ZarrSink

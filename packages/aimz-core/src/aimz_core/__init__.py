@@ -3,14 +3,19 @@
 The slim distribution: no xarray, zarr, dask, pandas or mlflow. Results come back
 as ``{site: numpy array}``; install ``aimz-io`` for DataTree and Zarr outputs.
 
+Public submodules: :mod:`aimz_core.model`, :mod:`aimz_core.data`,
+:mod:`aimz_core.exceptions`, :mod:`aimz_core.streaming` (options, plans, sinks),
+:mod:`aimz_core.backend` (the IO backend protocol) and :mod:`aimz_core.testing`
+(canonical kernels and fitted models). Modules whose name starts with ``_`` are
+internal.
+
 Example:
     >>> from aimz_core import ImpactModel, KernelSpec
 """
 
-import importlib
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
+from aimz_core._lazy import lazy_attributes
 from aimz_core.exceptions import (
     AimzWarning,
     FitWarning,
@@ -35,29 +40,23 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'aimz_core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes("aimz_core", globals(), _LAZY)
 
 
 __all__ = [
-    "AimzWarning",
-    "ArrayDataset",
-    "ArrayLoader",
-    "FitWarning",
+    # the model
     "ImpactModel",
     "KernelSpec",
+    # data
+    "ArrayDataset",
+    "ArrayLoader",
+    # exceptions and warnings
+    "AimzWarning",
+    "FitWarning",
     "KernelValidationError",
     "NotFittedError",
     "OutputWarning",
     "PerformanceWarning",
+    # metadata
     "__version__",
 ]

@@ -23,9 +23,9 @@ from aimz_core.backend import io_backend
 from aimz_core.batched import BatchConfig
 from aimz_core.data import check_batch_size
 from aimz_core.kernel_spec import check_handler_sites
+from aimz_core.streaming.loop import run_plan
 from aimz_core.streaming.options import ShardAxis, Store, StreamOptions, streamed
 from aimz_core.streaming.plan import StreamPlan, plan_call, resolve_inputs
-from aimz_core.streaming.stream import run_plan
 
 
 class PredictiveMethods:

@@ -9,10 +9,10 @@ from typing import Any, Literal
 import jax
 from jax import random
 
+from aimz_core._draws import forward_draw, loglik_draw
+from aimz_core._jit_cache import PersistentJit, call_signature
 from aimz_core._posterior import take_draws
-from aimz_core.executable_cache import PersistentJit, call_signature
-from aimz_core.planning import per_draw_bytes
-from aimz_core.sampling import forward_draw, loglik_draw
+from aimz_core._sizing import per_draw_bytes
 from aimz_core.sharding import DeviceLayout, shard_draws, shard_obs
 
 Kind = Literal["predict", "prior", "loglik"]
@@ -57,7 +57,7 @@ class BatchFunction:
     _draw_bytes: dict[tuple, int] = field(default_factory=dict, repr=False)
 
     def draw_bytes(self, args: tuple) -> int:
-        """:func:`~aimz_core.planning.per_draw_bytes` of ``one(*args)``, memoised by
+        """:func:`~aimz_core._sizing.per_draw_bytes` of ``one(*args)``, memoised by
         the shapes and dtypes of ``args`` (planning a repeated call traces nothing)."""
         key = call_signature(args)
         if key not in self._draw_bytes:

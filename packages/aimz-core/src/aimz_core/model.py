@@ -17,6 +17,8 @@ from numpyro.infer import MCMC, SVI
 from numpyro.infer.svi import SVIRunResult
 
 from aimz_core import _fit
+from aimz_core._draws import global_trace
+from aimz_core._jit_cache import ensure_compilation_cache
 from aimz_core._posterior import (
     not_fitted,
     substitutable,
@@ -31,12 +33,10 @@ from aimz_core.arguments import (
 )
 from aimz_core.backend import resolve_output_dir
 from aimz_core.batched import FunctionCache
-from aimz_core.compilation_cache import ensure_compilation_cache
 from aimz_core.exceptions import FitWarning, PerformanceWarning
 from aimz_core.kernel import kernel_name, validate_kernel_body, validate_model_arguments
 from aimz_core.kernel_spec import KernelSpec, coerce_return_sites, describe_sites
 from aimz_core.rng import coerce_key, pack_keys, unpack_keys
-from aimz_core.sampling import global_trace
 from aimz_core.sharding import DeviceLayout
 from aimz_core.streaming.blocks import BlockRunner
 

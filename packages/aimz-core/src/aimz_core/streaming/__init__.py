@@ -16,9 +16,7 @@ Example:
     'log_likelihood'
 """
 
-import importlib
-from typing import Any
-
+from aimz_core._lazy import lazy_attributes
 from aimz_core.streaming.sinks import MemorySink, Sink, SiteLayout, StreamInfo
 
 _LAZY = {
@@ -31,23 +29,13 @@ _LAZY = {
     "split_range": "aimz_core.streaming.plan",
     "BlockRunner": "aimz_core.streaming.blocks",
     "dim_names": "aimz_core.streaming.blocks",
-    "run_plan": "aimz_core.streaming.stream",
-    "stream": "aimz_core.streaming.stream",
-    "trim_block": "aimz_core.streaming.stream",
+    "run_plan": "aimz_core.streaming.loop",
+    "stream": "aimz_core.streaming.loop",
+    "trim_block": "aimz_core.streaming.loop",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'aimz_core.streaming' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes("aimz_core.streaming", globals(), _LAZY)
 
 
 __all__ = [

@@ -17,14 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aimz_core._draws import global_trace
 from aimz_core._posterior import first_draw, take_draws
+from aimz_core._sizing import block_for_draw_bytes
 from aimz_core.arguments import KernelArgs, host_rows, pad_rows
 from aimz_core.batched import BatchConfig, BatchFunction, FunctionCache
 from aimz_core.kernel_spec import KernelSpec
-from aimz_core.planning import block_for_draw_bytes
-from aimz_core.sampling import global_trace
 from aimz_core.sharding import DeviceLayout
-from aimz_core.streaming.stream import trim_block
+from aimz_core.streaming.loop import trim_block
 
 if TYPE_CHECKING:
     from aimz_core.streaming.plan import StreamPlan

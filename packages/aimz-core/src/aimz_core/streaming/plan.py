@@ -25,14 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import random
 
+from aimz_core._draws import check_subsample_plates, global_trace
 from aimz_core._posterior import first_draw
+from aimz_core._sizing import auto_batch_size, balanced_batch_size, rows_for_intermediates
 from aimz_core.arguments import KernelArgs, as_jax_tree, host_rows, streaming_arguments
-from aimz_core.batched import BatchConfig
+from aimz_core.batched import BatchConfig, BatchFunction
 from aimz_core.exceptions import PerformanceWarning
 from aimz_core.kernel_spec import KernelSpec, check_handler_sites
-from aimz_core.planning import auto_batch_size, balanced_batch_size, rows_for_intermediates
 from aimz_core.rng import pack_keys, unpack_keys
-from aimz_core.sampling import check_subsample_plates, global_trace
 from aimz_core.streaming.blocks import BlockRunner, dim_names
 from aimz_core.streaming.options import StreamOptions
 from aimz_core.streaming.sinks import SiteLayout, StreamInfo
@@ -366,12 +366,8 @@ def plan_call(
         )
 
     if batch_size is None:
-        batch_size = _auto_size(runner, config, bound.extras, args_for, total, ndev, key)
-        if shard_axis == "obs" and total > ndev:
-            cap = _rows_cap(runner, config, bound.extras, args_for, total, ndev, key)
-            if cap is not None:
-                batch_size = min(batch_size, max(ndev, cap))
-        batch_size = balanced_batch_size(batch_size, total, ndev)
+        entry = runner.function(config, bound.extras)
+        batch_size = _auto_size(entry, args_for, total, ndev, key, shard_axis == "obs")
     size = max(ndev, math.ceil(min(batch_size, total) / ndev) * ndev)
     # The chunk convention of the draw path follows the batch size (`config_for`).
     config = runner.config_for(config, size, shard_axis)
@@ -420,41 +416,32 @@ def plan_call(
 
 
 def _auto_size(
-    runner: BlockRunner,
-    config: BatchConfig,
-    extras: dict[str, Any],
+    entry: BatchFunction,
     args_for: Callable[[int], tuple],
     total: int,
     ndev: int,
     key: jax.Array,
+    by_rows: bool,
 ) -> int:
-    """Batch size from the output bytes of a probe batch (see :mod:`~aimz_core.planning`)."""
-    del key
-    entry = runner.function(config, extras)
+    """Batch size from the output bytes of a probe batch (see :mod:`~aimz_core._sizing`).
+
+    With ``by_rows`` (the ``"obs"`` path) rows are also bounded by intermediates: a
+    wide layer over many rows can need far more memory per draw than the draw's
+    output.
+    """
     probe_size = max(ndev, min(total, ndev))
-    shapes = entry.fn.eval_shape(*args_for(probe_size))
-    return auto_batch_size(shapes, probe_size, total, ndev)
-
-
-def _rows_cap(
-    runner: BlockRunner,
-    config: BatchConfig,
-    extras: dict[str, Any],
-    args_for: Callable[[int], tuple],
-    total: int,
-    ndev: int,
-    key: jax.Array,
-) -> int | None:
-    """Rows bounded by intermediates: a wide layer over many rows can need far more
-    memory per draw than the draw's output."""
-    entry = runner.function(config, extras)
-    measured = []
-    for rows in (min(total, max(ndev, 256)), min(total, max(ndev, 2048))):
-        rows = math.ceil(rows / ndev) * ndev
-        one = args_for(rows)
-        one_args = (key, first_draw(one[0]), one[2], one[3], one[4])
-        measured.extend((entry.draw_bytes(one_args), rows))
-    return rows_for_intermediates(*measured)
+    size = auto_batch_size(entry.fn.eval_shape(*args_for(probe_size)), probe_size, total, ndev)
+    if by_rows and total > ndev:
+        measured = []
+        for rows in (min(total, max(ndev, 256)), min(total, max(ndev, 2048))):
+            rows = math.ceil(rows / ndev) * ndev
+            one = args_for(rows)
+            one_args = (key, first_draw(one[0]), one[2], one[3], one[4])
+            measured.extend((entry.draw_bytes(one_args), rows))
+        cap = rows_for_intermediates(*measured)
+        if cap is not None:
+            size = min(size, max(ndev, cap))
+    return balanced_batch_size(size, total, ndev)
 
 
 def _layouts(
