@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import statistics
 import threading
@@ -210,6 +211,8 @@ class EngineProbe:
         real_stream = engine.stream
         probe = self
 
+        # `wraps`: the signature (the `depth` default the report reads) stays the real one.
+        @functools.wraps(real_stream)
         def stream(ranges, launch, *, stream_axis, sink, info, **kwargs):
             rec = probe.record if probe.record is not None else StreamRecord()
             rec.t_stream = time.perf_counter()

@@ -172,3 +172,21 @@ def test_core_never_imports_io_packages() -> None:
 def test_no_module_over_600_lines() -> None:
     for path in SRC.rglob("*.py"):
         assert len(path.read_text().splitlines()) <= 600, path.name
+
+
+def test_streamed_methods_bind_like_their_signature() -> None:
+    model = fitted_linreg(num_draws=4)
+    X, y = linreg_data(8)
+    kw = {"progress": False, "return_datatree": False}
+    with pytest.raises(TypeError, match="missing a required argument: 'X'"):
+        model.predict(**kw)
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        model.log_likelihood(X, y, 1, **kw)
+    by_name = model.log_likelihood(X=X, y=y, **kw)["y"]
+    np.testing.assert_array_equal(model.log_likelihood(X, y, **kw)["y"], by_name)
+    key = jax.random.key(1)
+    np.testing.assert_array_equal(
+        model.predict(X=X, rng_key=key, **kw)["y"], model.predict(X, rng_key=key, **kw)["y"]
+    )
+    with pytest.raises(TypeError, match="unexpected keyword argument 'scale'"):
+        model.predict(X, scale=2.0, **kw)  # not a kernel parameter: the kernel's own error

@@ -209,19 +209,30 @@ def streamed(kind: Kind) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
     def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(method)
+        params = list(signature.parameters.values())[1:]  # without self
+        inputs = [p for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        named = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
         caller = method.__name__
 
         @functools.wraps(method)
         def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(self, *args, **kwargs)
-            bound.apply_defaults()
-            arguments = dict(bound.arguments)
-            del arguments["self"]
-            X = arguments.pop("X")
-            y = arguments.pop("y", None)
-            extra = arguments.pop("kwargs", {})
-            options = StreamOptions(kind=kind, caller=caller, **arguments, kwargs=extra)
-            return self._stream(X, y, options)
+            # What `signature.bind` does, without its cost (tens of microseconds a
+            # call): inputs by position or name, the named options, the rest are
+            # kernel arguments. Anything unusual goes through `bind` for its error.
+            if len(args) > len(inputs):
+                signature.bind(self, *args, **kwargs)
+            values = list(args)
+            for p in inputs[len(args) :]:
+                if p.name in kwargs:
+                    values.append(kwargs.pop(p.name))
+                elif p.default is inspect.Parameter.empty:
+                    signature.bind(self, *args, **kwargs)
+                else:
+                    values.append(p.default)
+            options = {name: kwargs.pop(name, default) for name, default in named.items()}
+            stream_options = StreamOptions(kind=kind, caller=caller, **options, kwargs=kwargs)
+            y = values[1] if len(values) > 1 else None
+            return self._stream(values[0], y, stream_options)
 
         return call
 
