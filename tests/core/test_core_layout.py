@@ -190,3 +190,18 @@ def test_streamed_methods_bind_like_their_signature() -> None:
     )
     with pytest.raises(TypeError, match="unexpected keyword argument 'scale'"):
         model.predict(X, scale=2.0, **kw)  # not a kernel parameter: the kernel's own error
+
+
+def test_light_imports_stay_light() -> None:
+    """``import aimz_core`` (exceptions, KernelSpec, version) loads neither NumPy nor
+    JAX, and the sink types of ``aimz_core.streaming`` load no JAX (``aimz-io``
+    implements sinks; ``import aimz`` must stay fast)."""
+    code = (
+        "import sys\n"
+        "import aimz_core\n"
+        "assert 'numpy' not in sys.modules and 'jax' not in sys.modules, 'aimz_core'\n"
+        "from aimz_core.streaming import Sink, SiteLayout, StreamInfo\n"
+        "import aimz_core.backend, aimz_core.sinks\n"
+        "assert 'jax' not in sys.modules, 'aimz_core.streaming'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=child_env(), timeout=300)

@@ -7,8 +7,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from aimz_core.exceptions import AimzWarning
 
 
@@ -148,6 +146,7 @@ def describe_sites(
     dims and draw shape.
 
     Example:
+        >>> import numpy as np
         >>> spec = KernelSpec(True, ("w", "y"), ("y", "mu"), True)
         >>> describe_sites(spec, {"w": np.zeros((5, 2))}, "y")["w"]
         {'kind': 'latent', 'dims': None, 'draw_shape': [2]}
@@ -162,5 +161,5 @@ def describe_sites(
                 sites[name] = {"kind": "deterministic", "dims": None, "draw_shape": None}
     for name, value in (posterior or {}).items():
         entry = sites.setdefault(name, {"kind": "latent", "dims": None})
-        entry["draw_shape"] = list(np.shape(value)[1:])
+        entry["draw_shape"] = list(value.shape[1:])  # arrays (kept free of a NumPy import)
     return sites
