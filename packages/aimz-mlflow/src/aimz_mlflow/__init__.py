@@ -14,6 +14,7 @@ Example:
     >>> model = fitted_linreg(num_draws=10)
     >>> X, _ = linreg_data(5)
     >>> mlflow.set_tracking_uri(f"sqlite:///{tempfile.mkdtemp()}/mlflow.db")
+    >>> _ = mlflow.set_experiment("aimz-example")  # a fresh store: its own experiment
     >>> with mlflow.start_run():
     ...     info = aimz_mlflow.log_model(
     ...         model, name="model", input_example={"X": X}, pip_requirements=["aimz-mlflow"]

@@ -226,6 +226,7 @@ def autolog(
         >>> import mlflow, aimz_mlflow
         >>> from aimz_core.testing import linreg_data, make_model
         >>> mlflow.set_tracking_uri(f"sqlite:///{tempfile.mkdtemp()}/mlflow.db")
+        >>> _ = mlflow.set_experiment("aimz-example")  # a fresh store: its own experiment
         >>> aimz_mlflow.autolog(log_models=False, log_datasets=False)
         >>> X, y = linreg_data()
         >>> with mlflow.start_run() as run:

@@ -287,6 +287,7 @@ def log_model(
         >>> import mlflow, aimz_mlflow
         >>> from aimz_core.testing import fitted_linreg
         >>> mlflow.set_tracking_uri(f"sqlite:///{tempfile.mkdtemp()}/mlflow.db")
+        >>> _ = mlflow.set_experiment("aimz-example")  # a fresh store: its own experiment
         >>> with mlflow.start_run():
         ...     info = aimz_mlflow.log_model(
         ...         fitted_linreg(num_draws=10), name="model", pip_requirements=["aimz-mlflow"]
