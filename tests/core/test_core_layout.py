@@ -6,6 +6,7 @@ import ast
 import importlib
 import inspect
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +168,30 @@ def test_core_never_imports_io_packages() -> None:
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in banned, f"{path.name} imports {name}"
+
+
+def test_core_names_no_upper_layer_even_as_a_string() -> None:
+    """No dynamic import by name either: the IO backend is found by its entry point."""
+    module_name = re.compile(r"(aimz_io|aimz_mlflow)(\.\w+)*")
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert not module_name.fullmatch(node.value), f"{path.name}: {node.value!r}"
+
+
+def test_io_backend_found_by_entry_point_without_importing_it() -> None:
+    """A core-only import path still returns DataTrees when aimz-io is installed."""
+    pytest.importorskip("aimz_io")
+    code = (
+        "import sys\n"
+        "from aimz_core.testing import fitted_linreg, linreg_data\n"
+        "model = fitted_linreg(num_draws=4)\n"
+        "assert 'aimz_io' not in sys.modules\n"
+        "tree = model.predict_on_batch(linreg_data(8)[0])\n"
+        "assert type(tree).__name__ == 'DataTree', type(tree)\n"
+        "assert 'aimz_io' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=child_env(1), timeout=300)
 
 
 def test_no_module_over_600_lines() -> None:

@@ -3,9 +3,9 @@
 The core streams arrays; DataTrees, Zarr stores and Dask runs belong to an IO
 backend, an object (usually a module) with the functions of :class:`IOBackend`.
 ``aimz-io`` is one: it registers :mod:`aimz_io.backend` with
-:func:`register_backend` when imported, and (once its distribution declares it)
-under the ``aimz_core.backends`` entry point group, so an installed backend is
-found without being imported first. The core never imports a backend by itself:
+:func:`register_backend` when imported, and its distribution declares it under the
+``aimz_core.backends`` entry point group, so an installed backend is found without
+being imported first. The core never imports a backend by itself:
 it resolves the registered target through the import system on each use, so a
 blocked or missing backend raises the usual :class:`ImportError` with the install
 hint.
@@ -28,10 +28,6 @@ INSTALL_HINT = (
 
 #: Entry point group under which distributions declare an IO backend module.
 ENTRY_POINT_GROUP = "aimz_core.backends"
-
-#: Backends found when no distribution declares the entry point and none was
-#: registered yet (the ``aimz-io`` distribution predates the entry point).
-_FALLBACK = ("aimz_io.backend",)
 
 _registered: list[str] = []
 
@@ -85,7 +81,7 @@ def _declared() -> tuple[str, ...]:
 
 
 def _targets() -> tuple[str, ...]:
-    return (*_registered, *_declared()) or _FALLBACK
+    return (*_registered, *_declared())
 
 
 def io_backend(purpose: str = "DataTree outputs") -> ModuleType:
