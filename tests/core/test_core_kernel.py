@@ -374,6 +374,7 @@ def test_coerce_return_sites_unit():
     assert coerce_return_sites(None, None, "out") == ("out",)
     assert coerce_return_sites("w", spec, "y") == ("w",)
     assert coerce_return_sites(["mu", "mu", "w"], spec, "y") == ("mu", "w")
-    assert coerce_return_sites([], spec, "y") == ()
+    for empty in ([], (), iter(())):  # the spec: `return_sites=[]` returns no sites
+        assert coerce_return_sites(empty, spec, "y") == ()
     with pytest.warns(UserWarning, match="not seen in any trace"):
         assert coerce_return_sites({"q"}, spec, "y") == ("q",)

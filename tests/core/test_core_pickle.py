@@ -33,7 +33,7 @@ def test_cloudpickle_round_trip(svi_model, data, monkeypatch):
     ref = svi_model.predict_on_batch(X, rng_key=KEY, return_datatree=False)
     assert len(svi_model._functions) > 0
     state = svi_model.__getstate__()
-    for runtime in ("_layout", "_functions", "_temp_dir", "_placed", "_fn_vi_update"):
+    for runtime in ("_layout", "_functions", "_temp_dir", "_placed", "_fn_vi_update", "_lock"):
         assert runtime not in state
 
     clone = cloudpickle.loads(cloudpickle.dumps(svi_model))

@@ -105,13 +105,15 @@ def test_predict_on_batch_condition(svi_model, data):
 def test_handler_sites_validated(svi_model, data):
     X, y = data
     before = key_data(svi_model.rng_key)
-    with pytest.raises(ValueError, match=r"`intervention` names 'mu', which is not a sample site"):
+    with pytest.raises(
+        ValueError, match=r"Intervention site\(s\) not among the kernel's sample sites: 'mu'\."
+    ):
         svi_model.predict_on_batch(X, intervention={"mu": 1.0}, return_datatree=False)
-    with pytest.raises(ValueError, match=r"sample sites are: w, b, sigma, y"):
+    with pytest.raises(ValueError, match=r"Sample sites: 'w', 'b', 'sigma', 'y'\."):
         svi_model.predict(X, intervention={"nope": 1.0}, **_stream_kwargs())
-    with pytest.raises(ValueError, match=r"`condition` names 'nope'"):
+    with pytest.raises(ValueError, match=r"Condition site\(s\) not among .*: 'nope'\."):
         svi_model.predict_on_batch(X, condition={"nope": y}, return_datatree=False)
-    with pytest.raises(ValueError, match=r"`intervention` names 'mu'"):
+    with pytest.raises(ValueError, match=r"Intervention site\(s\) not among .*: 'mu'\."):
         make_model(seed=35).sample_prior_predictive_on_batch(
             X, intervention={"mu": 0.0}, return_datatree=False
         )

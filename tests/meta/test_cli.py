@@ -282,6 +282,23 @@ def test_bad_numbers(tmp_path: Path, args: list[str], message: str, capsys) -> N
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seed", [str(2**70), str(2**64), str(2**32)])
+def test_out_of_range_seed_is_one_line(tmp_path: Path, seed: str, capsys) -> None:
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((3, 2)))
+    out = tmp_path / "pred"
+    argv = ["predict", "m", "--input", str(x), "--output", str(out), "--seed", seed]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("aimz predict: error: argument --seed: expected an integer seed")
+    assert "4294967295" in err[0]
+    assert not out.exists()
+    assert cli.build_parser().parse_args(["demo", "--seed", str(2**32 - 1)]).seed == 2**32 - 1
+
+
 def test_unreadable_inputs(tmp_path: Path, capsys) -> None:
     out = tmp_path / "pred"
     cases = {

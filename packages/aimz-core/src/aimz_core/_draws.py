@@ -12,6 +12,8 @@ from typing import Any
 import jax
 from numpyro import handlers
 
+from aimz_core._locks import TRACE_LOCK
+
 
 def site_dims(site: Mapping[str, Any], value_ndim: int) -> dict[int, str]:
     """Map axis index -> plate name for one traced site (axes of a single draw)."""
@@ -52,7 +54,8 @@ def forward_draw(
     if intervention:
         model = handlers.do(model, data=dict(intervention))
     model = handlers.substitute(handlers.mask(model, mask=False), data=dict(draw))
-    trace = handlers.trace(handlers.seed(model, key)).get_trace(**args)
+    with TRACE_LOCK:  # NumPyro's handler stack is per process, not per thread
+        trace = handlers.trace(handlers.seed(model, key)).get_trace(**args)
     out = {name: trace[name]["value"] for name in return_sites if name in trace}
     if dims_out is not None:
         for name, value in out.items():
@@ -77,7 +80,8 @@ def loglik_draw(
     model = handlers.substitute(
         handlers.substitute(kernel, substitute_fn=pin_subsample), data=dict(draw)
     )
-    trace = handlers.trace(handlers.seed(model, key)).get_trace(**args)
+    with TRACE_LOCK:
+        trace = handlers.trace(handlers.seed(model, key)).get_trace(**args)
     site = trace[param_output]
     value = site["fn"].log_prob(site["value"])
     if dims_out is not None:
@@ -117,4 +121,5 @@ def global_trace(
     kernel: Callable, key: jax.Array, args: Mapping[str, Any]
 ) -> dict[str, dict[str, Any]]:
     """Trace the kernel once (no jit) and return its sites."""
-    return dict(handlers.trace(handlers.seed(kernel, key)).get_trace(**args))
+    with TRACE_LOCK:
+        return dict(handlers.trace(handlers.seed(kernel, key)).get_trace(**args))

@@ -18,6 +18,7 @@ from numpyro.infer import MCMC, SVI, Predictive
 from numpyro.infer.svi import SVIRunResult
 from tqdm.auto import tqdm
 
+from aimz_core._locks import TRACE_LOCK
 from aimz_core.arguments import check_aligned, is_array_like, reject_reserved
 from aimz_core.backend import io_backend
 from aimz_core.data import ArrayDataset, ArrayLoader, check_batch_size, is_loader
@@ -43,9 +44,45 @@ def vi_update(model: ImpactModel, extras: Mapping[str, Any]) -> Callable:
     names = tuple(sorted(extras))
     fn = model._fn_vi_update.get(names)
     if fn is None:
-        fn = jax.jit(model.inference.update, static_argnames=names)
+        fn = _FirstCallLocked(jax.jit(model.inference.update, static_argnames=names))
         model._fn_vi_update[names] = fn
     return fn
+
+
+class _FirstCallLocked:
+    """A jitted function whose calls with new argument types (which trace the
+    kernel) hold :data:`~aimz_core._locks.TRACE_LOCK`; other calls run unlocked."""
+
+    def __init__(self, jitted: Callable) -> None:
+        self.jitted = jitted
+        self._seen: set[Any] = set()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        signature = _signature(args, kwargs)
+        if signature is not None and signature in self._seen:
+            return self.jitted(*args, **kwargs)
+        with TRACE_LOCK:
+            out = self.jitted(*args, **kwargs)
+            if signature is not None:
+                self._seen.add(signature)
+        return out
+
+
+def _signature(args: tuple, kwargs: Mapping[str, Any]) -> Any:
+    """Shapes and dtypes of the array leaves, values of the others (static
+    arguments); ``None`` when something is neither an array nor hashable."""
+    leaves, treedef = jax.tree.flatten((args, dict(kwargs)))
+    out: list[Any] = [treedef]
+    for leaf in leaves:
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            out.append((tuple(leaf.shape), str(leaf.dtype), getattr(leaf, "weak_type", False)))
+        else:
+            try:
+                hash(leaf)
+            except TypeError:
+                return None
+            out.append((type(leaf), leaf))
+    return tuple(out)
 
 
 def train_on_batch(
@@ -54,11 +91,13 @@ def train_on_batch(
     """One SVI step (see :meth:`~aimz_core.model.ImpactModel.train_on_batch`)."""
     svi = require_svi(model, "train_on_batch")
     bound = model._bind(X, y, kwargs)
+    check_aligned(bound.arrays, model.param_input)
     args = {**bound.arrays, **bound.extras}
     if model._vi_state is None:
         model._build_kernel_spec(args, with_output=True)
         key = model._next_key(rng_key)
-        model._vi_state = svi.init(key, **args)
+        with TRACE_LOCK:  # `init` runs the guide and kernel under handlers
+            model._vi_state = svi.init(key, **args)
     elif rng_key is not None:
         coerce_key(rng_key)
     model._vi_state, loss = vi_update(model, bound.extras)(
@@ -79,8 +118,10 @@ def sample_guide(
         svi.guide, params=model.vi_result.params, num_samples=num_samples, parallel=True
     )
     args = {k: v for k, v in args.items() if k != model.param_output}
+    with TRACE_LOCK:  # eager: the guide runs under handlers in Python
+        draws = predictive(key, **args)
     # Guide-only sites (`_auto_latent` of the AutoContinuous guides) stay internal.
-    return drop_guide_only_sites(predictive(key, **args), model.kernel_spec, svi.guide)
+    return drop_guide_only_sites(draws, model.kernel_spec, svi.guide)
 
 
 def fit_on_batch(
@@ -105,24 +146,27 @@ def fit_on_batch(
             f"`{model.param_input}` and `{model.param_output}` must have the same "
             "leading-axis size."
         )
+    check_aligned(bound.arrays, model.param_input)
     arrays = {k: jnp.asarray(v) for k, v in bound.arrays.items()}
     args = {**arrays, **bound.extras}
     model._build_kernel_spec(args, with_output=True)
     key = model._next_key(rng_key)
     inference = model.inference
     if isinstance(inference, MCMC):
-        inference.run(key, **args)
+        with TRACE_LOCK:  # MCMC traces, compiles and runs in one call
+            inference.run(key, **args)
         samples = jax.device_get(inference.get_samples(group_by_chain=False))
         model._store_posterior(samples, inference.num_chains)
         return
     train_key, sample_key = random.split(key)
-    result = inference.run(
-        train_key,
-        num_steps,
-        progress_bar=progress,
-        init_state=model._vi_state,
-        **args,
-    )
+    with TRACE_LOCK:  # SVI.run initialises, traces and compiles inside
+        result = inference.run(
+            train_key,
+            num_steps,
+            progress_bar=progress,
+            init_state=model._vi_state,
+            **args,
+        )
     model._vi_state = result.state
     model.vi_result = SVIRunResult(result.params, result.state, np.asarray(result.losses))
     model._store_posterior(sample_guide(model, sample_key, num_samples, args), 1)
@@ -256,9 +300,10 @@ def sample(
         X = kwargs.pop(model.param_input, None)
         y = kwargs.pop(model.param_output)
         bound = model._bind(X, y, kwargs)
-        inference.post_warmup_state = inference.last_state
-        inference.num_samples = num_samples
-        inference.run(inference.post_warmup_state.rng_key, **bound.arrays, **bound.extras)
+        with TRACE_LOCK:
+            inference.post_warmup_state = inference.last_state
+            inference.num_samples = num_samples
+            inference.run(inference.post_warmup_state.rng_key, **bound.arrays, **bound.extras)
         samples = jax.device_get(inference.get_samples(group_by_chain=False))
         num_chains = inference.num_chains
     else:

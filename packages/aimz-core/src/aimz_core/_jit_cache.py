@@ -48,6 +48,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from aimz_core._locks import TRACE_LOCK
+
 logger = logging.getLogger("aimz")
 
 _configured = False
@@ -295,24 +297,37 @@ class PersistentJit:
         self.jitted = jitted
         self.directory = executable_cache_dir() if directory is self._UNSET else directory
         self._compiled: dict[tuple, Any] = {}
+        #: Signatures already traced by the plain jitted function (no directory).
+        self._seen: set[tuple] = set()
         #: Where each executable came from: ``"disk"`` or ``"compiled"``.
         self.sources: list[str] = []
 
     def __call__(self, *args: Any) -> Any:
-        if self.directory is None:
-            return self.jitted(*args)
         signature = call_signature(args)
         if signature is None:  # traced inside another transformation
             return self.jitted(*args)
+        if self.directory is None:
+            if signature not in self._seen:
+                # The first call with new types traces: one thread at a time
+                # (see `aimz_core._locks`); later calls run concurrently.
+                with TRACE_LOCK:
+                    out = self.jitted(*args)
+                    self._seen.add(signature)
+                return out
+            return self.jitted(*args)
         compiled = self._compiled.get(signature)
         if compiled is None:
-            compiled = self._load_or_compile(args)
-            self._compiled[signature] = compiled
+            with TRACE_LOCK:  # trace, lower and compile once; run outside the lock
+                compiled = self._compiled.get(signature)
+                if compiled is None:
+                    compiled = self._load_or_compile(args)
+                    self._compiled[signature] = compiled
         return compiled(*args)
 
     def eval_shape(self, *args: Any) -> Any:
         """Output shapes and dtypes for ``args`` (traces, never compiles)."""
-        return jax.eval_shape(self.jitted, *args)
+        with TRACE_LOCK:
+            return jax.eval_shape(self.jitted, *args)
 
     def _cache_size(self) -> int:
         return max(len(self._compiled), self.jitted._cache_size())

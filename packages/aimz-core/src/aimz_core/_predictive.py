@@ -10,6 +10,7 @@ once (:func:`~aimz_core.streaming.plan_call`) and run
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aimz_core.arguments import as_jax_tree
+from aimz_core._scenarios import check_scenario, run_scenario
+from aimz_core.arguments import as_jax_tree, check_aligned
 from aimz_core.backend import io_backend
 from aimz_core.batched import BatchConfig
 from aimz_core.data import check_batch_size
@@ -55,6 +57,7 @@ class PredictiveMethods:
         kwargs: Mapping[str, Any],
     ) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
         bound = self._bind(X, None, kwargs)
+        check_aligned(bound.arrays, self._param_input)
         arrays = {k: jnp.asarray(v) for k, v in bound.arrays.items()}
         if kind == "prior":
             self._build_kernel_spec({**arrays, **bound.extras}, with_output=False)
@@ -63,6 +66,8 @@ class PredictiveMethods:
         cond = as_jax_tree(condition, "condition")
         check_handler_sites(self._kernel_spec, interv, "intervention")
         check_handler_sites(self._kernel_spec, cond, "condition")
+        if not sites:  # `return_sites=[]`: no sites, no work, the key stays
+            return {}, {}
         key = self._next_key(rng_key)
         config = BatchConfig(
             kind=kind,
@@ -111,11 +116,18 @@ class PredictiveMethods:
             in_sample: Group name ``posterior_predictive`` (True) or
                 ``predictions`` (False).
             return_sites: Sites to return (default: output + deterministic sites).
+                An empty collection returns no sites, without drawing a key.
             return_datatree: Return a DataTree (needs ``aimz-io``) or a dict.
             **kwargs: Extra kernel arguments.
 
         Returns:
             DataTree or ``{site: array of shape (draws, ...)}``.
+
+        Raises:
+            ValueError: For an empty ``X`` (0 rows), array keyword arguments whose
+                leading size differs from ``X``'s, or an ``intervention`` /
+                ``condition`` naming a non-sample site. A refused call does no work
+                and leaves the model's key unchanged.
 
         Example:
             >>> from aimz_core.testing import fitted_linreg, linreg_data
@@ -153,6 +165,10 @@ class PredictiveMethods:
     ) -> Any:
         """Alias of :meth:`predict_on_batch` with ``in_sample=True``.
 
+        Raises:
+            ValueError: As :meth:`predict_on_batch` (empty ``X``, misaligned array
+                arguments, a non-sample ``intervention`` / ``condition`` site).
+
         Example:
             >>> from aimz_core.testing import fitted_linreg, linreg_data
             >>> X, _ = linreg_data()
@@ -185,6 +201,10 @@ class PredictiveMethods:
     ) -> Any:
         """Prior predictive draws for one in-memory batch (no fit needed).
 
+        Raises:
+            ValueError: As :meth:`predict_on_batch` (empty ``X``, misaligned array
+                arguments, a non-sample ``intervention`` / ``condition`` site).
+
         Example:
             >>> from aimz_core.testing import linreg_data, make_model
             >>> X, _ = linreg_data()
@@ -212,6 +232,12 @@ class PredictiveMethods:
     # ------------------------------------------------------------ streamed
     def _stream(self, X: Any, y: Any, options: StreamOptions) -> Any:
         """The one path of every streamed call: resolve, plan once, run."""
+        sites = options.return_sites
+        if sites is not None and not isinstance(sites, str):
+            sites = tuple(sites)  # an iterator is read once, here
+            options = dataclasses.replace(options, return_sites=sites)
+            if not sites:  # no sites: an in-memory empty result, nothing written
+                return self._as_result(options.group, {}, {}, options.return_datatree)
         inputs = resolve_inputs(self, X, y, options)
         plan = plan_call(options, inputs, self._runner(), param_input=self._param_input)
         return run_plan(self, plan, options, inputs.dask_client)
@@ -251,7 +277,8 @@ class PredictiveMethods:
             condition: ``{site: value}`` fixed with ``numpyro.handlers.condition``.
             rng_key: Key for this call only.
             in_sample: Group ``posterior_predictive`` (True) or ``predictions``.
-            return_sites: Sites to return.
+            return_sites: Sites to return. An empty collection returns an empty
+                in-memory result at once: no work, no files, the key unmoved.
             shard_axis: Stream over observations (``"obs"``) or draws (``"draw"``).
             batch_size: Rows (or draws) per batch; automatic by default.
             store: ``"persistent"`` (Zarr on disk) or ``"memory"``.
@@ -275,6 +302,12 @@ class PredictiveMethods:
 
         Returns:
             A DataTree (lazy when persistent) or a dict of arrays.
+
+        Raises:
+            ValueError: Before any work, directory or key is taken: for an empty
+                ``X``, array arguments whose leading size differs from ``X``'s, an
+                empty-string ``output_dir``, a non-sample ``intervention`` /
+                ``condition`` site, or contradicting options.
 
         Example:
             >>> from aimz_core.testing import fitted_linreg, linreg_data
@@ -306,6 +339,9 @@ class PredictiveMethods:
         **kwargs: Any,
     ) -> Any:
         """Alias of :meth:`predict` with ``in_sample=True``.
+
+        Raises:
+            ValueError: As :meth:`predict`.
 
         Example:
             >>> from aimz_core.testing import fitted_linreg, linreg_data
@@ -343,6 +379,9 @@ class PredictiveMethods:
         batch on the ``"obs"`` path. The arguments are those of :meth:`predict`;
         ``num_samples`` is the number of prior draws.
 
+        Raises:
+            ValueError: As :meth:`predict`.
+
         Example:
             >>> from aimz_core.testing import linreg_data, make_model
             >>> X, _ = linreg_data()
@@ -374,6 +413,10 @@ class PredictiveMethods:
 
         The arguments are those of :meth:`predict`; ``y`` is the observed output
         (or a field of the data loader ``X``).
+
+        Raises:
+            ValueError: As :meth:`predict`; also when ``y`` is missing for an
+                array ``X`` or its leading size differs from ``X``'s.
 
         Example:
             >>> from aimz_core.testing import fitted_linreg, linreg_data
@@ -450,6 +493,12 @@ class PredictiveMethods:
             ``{site: array}`` when both scenarios are dicts and ``aimz-io`` is not
             installed.
 
+        Raises:
+            ValueError: When a scenario has neither output nor arguments, or its
+                arguments are refused by :meth:`predict` (or
+                :meth:`predict_on_batch`). Both scenarios are checked before either
+                runs, so a refused call writes nothing and leaves the key unchanged.
+
         Example:
             >>> from aimz_core.testing import fitted_linreg, linreg_data
             >>> X, _ = linreg_data()
@@ -460,23 +509,30 @@ class PredictiveMethods:
             >>> float(effect["posterior_predictive"]["y"].mean())
             1.0
         """
-        outputs = []
+        scenarios = (
+            ("baseline", output_baseline, args_baseline),
+            ("intervention", output_intervention, args_intervention),
+        )
         shared_key = None
         if output_baseline is None or output_intervention is None:
             self._check_fitted()
+            # Check every scenario to run before either runs or a key is drawn.
+            for name, out, args in scenarios:
+                if out is None:
+                    if args is None:
+                        raise ValueError(
+                            f"Either `output_{name}` or `args_{name}` must be provided."
+                        )
+                    if not isinstance(args, Mapping):
+                        raise TypeError(f"`args_{name}` must be a dict of predict arguments.")
+                    check_scenario(self, args, on_batch)
             explicit = [a for a in (args_baseline, args_intervention) if a and "rng_key" in a]
             if not explicit:
                 shared_key = self._next_key(None)
-        for name, out, args in (
-            ("baseline", output_baseline, args_baseline),
-            ("intervention", output_intervention, args_intervention),
-        ):
+        outputs = []
+        for _, out, args in scenarios:
             if out is None:
-                if args is None:
-                    raise ValueError(f"Either `output_{name}` or `args_{name}` must be provided.")
-                if not isinstance(args, Mapping):
-                    raise TypeError(f"`args_{name}` must be a dict of predict arguments.")
-                out = self._run_scenario(args, shared_key, on_batch)
+                out = run_scenario(self, args, shared_key, on_batch)
             outputs.append(out)
         baseline, intervention = outputs
         if isinstance(baseline, Mapping) and isinstance(intervention, Mapping):
@@ -496,22 +552,6 @@ class PredictiveMethods:
             num_chains=self._num_chains,
             group="posterior_predictive" if in_sample else "predictions",
         )
-
-    def _run_scenario(
-        self, args: Mapping[str, Any], shared_key: jax.Array | None, on_batch: bool
-    ) -> Any:
-        """Run one scenario of :meth:`estimate_effect` given as predict arguments."""
-        call = dict(args)
-        if shared_key is not None:
-            call.setdefault("rng_key", shared_key)
-        if on_batch:
-            return self.predict_on_batch(**call)
-        X, options = StreamOptions.from_mapping(
-            "predict", "estimate_effect", call, param_input=self._param_input, progress=False
-        )
-        if X is None:
-            raise ValueError(f"Scenario arguments must include {self._param_input!r}.")
-        return self._stream(X, None, options)
 
 
 __all__ = ["PredictiveMethods"]

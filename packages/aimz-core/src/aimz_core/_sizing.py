@@ -9,6 +9,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from aimz_core._locks import TRACE_LOCK
+
 #: Output bytes one batch aims for: large enough to amortise dispatch and I/O,
 #: small enough that a few batches in flight keep memory flat.
 OUTPUT_BYTES_PER_BATCH = 16 * 2**20
@@ -107,7 +109,8 @@ def per_draw_bytes(one_draw: Any, args: tuple) -> int:
         >>> per_draw_bytes(lambda x: {"y": x * 2.0}, (jnp.ones(1000),))
         16000
     """
-    closed = jax.make_jaxpr(one_draw)(*args)
+    with TRACE_LOCK:  # traces the kernel under NumPyro handlers
+        closed = jax.make_jaxpr(one_draw)(*args)
     return max(1, LIVE_FACTOR * _largest_value_bytes(closed.jaxpr))
 
 

@@ -133,8 +133,72 @@ def is_url(output_dir: object) -> bool:
     )
 
 
+def local_path(output_dir: str | Path) -> Path:
+    """The local path of a user-given output directory (not created).
+
+    A ``file:`` URL (``file:///srv/out``, ``file://localhost/srv/out``) maps to its
+    local path; ``~`` is expanded and the result made absolute.
+
+    Raises:
+        TypeError: If ``output_dir`` is not a ``str`` or :class:`~pathlib.Path`.
+        ValueError: For an empty string or a ``file:`` URL naming another host.
+
+    Example:
+        >>> local_path("file:///srv/out").as_posix()
+        '/srv/out'
+    """
+    if not isinstance(output_dir, (str, Path)):
+        raise TypeError(
+            f"`output_dir` must be a path (str or pathlib.Path), got {type(output_dir).__name__}."
+        )
+    if isinstance(output_dir, str):
+        if not output_dir.strip():
+            raise ValueError(
+                "`output_dir` must not be an empty string; pass a directory, or None for "
+                "a temporary directory."
+            )
+        if output_dir.lower().startswith("file:"):
+            from urllib.parse import urlsplit
+            from urllib.request import url2pathname
+
+            parts = urlsplit(output_dir)
+            if parts.netloc not in ("", "localhost"):
+                raise ValueError(
+                    f"`output_dir` {output_dir!r} is a `file:` URL of another host "
+                    f"({parts.netloc!r}); give a local path or `file:///path`."
+                )
+            if not parts.path:
+                raise ValueError(f"`output_dir` {output_dir!r} is a `file:` URL without a path.")
+            output_dir = url2pathname(parts.path)
+    return Path(output_dir).expanduser().resolve()
+
+
+def check_output_dir(output_dir: str | Path | None) -> None:
+    """Check a user-given output directory without creating anything.
+
+    Raises:
+        TypeError: If ``output_dir`` is not ``None``, a ``str`` or a Path.
+        ValueError: For an empty string or a ``file:`` URL of another host.
+        NotADirectoryError: If the path exists and is not a directory.
+
+    Example:
+        >>> check_output_dir(None); check_output_dir("s3://bucket/runs")
+        >>> check_output_dir("")
+        Traceback (most recent call last):
+        ...
+        ValueError: `output_dir` must not be an empty string; pass a directory, or None for a temporary directory.
+    """  # noqa: E501
+    if output_dir is None or is_url(output_dir):
+        return
+    path = local_path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"`output_dir` {str(path)!r} exists and is not a directory.")
+
+
 def resolve_output_dir(output_dir: str | Path) -> Path | str:
     """Expand and resolve a user-given output directory and create it (URLs are kept).
+
+    A ``file:`` URL is a local directory (see :func:`local_path`).
 
     Example:
         >>> resolve_output_dir("s3://bucket/runs")
@@ -142,13 +206,8 @@ def resolve_output_dir(output_dir: str | Path) -> Path | str:
     """
     if is_url(output_dir):
         return str(output_dir)
-    if not isinstance(output_dir, (str, Path)):
-        raise TypeError(
-            f"`output_dir` must be a path (str or pathlib.Path), got {type(output_dir).__name__}."
-        )
-    path = Path(output_dir).expanduser().resolve()
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"`output_dir` {str(path)!r} exists and is not a directory.")
+    check_output_dir(output_dir)
+    path = local_path(output_dir)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -162,6 +221,8 @@ __all__ = [
     "io_backend",
     "register_backend",
     # output locations
+    "check_output_dir",
     "is_url",
+    "local_path",
     "resolve_output_dir",
 ]

@@ -80,13 +80,45 @@ class KernelSpec:
         return self.output_observed if with_output else self.traced
 
 
+EMPTY_RETURN_SITES = (
+    "`return_sites` is empty: name at least one site, or pass None for the default return sites."
+)
+
+
+def check_return_sites(return_sites: Any) -> None:
+    """Refuse an empty ``return_sites`` where no sites means nothing to do
+    (:meth:`~aimz_core.ImpactModel.estimate_effect`; the predictive methods return
+    an empty result instead).
+
+    Iterators are not consumed here.
+
+    Raises:
+        ValueError: If ``return_sites`` is an empty sized collection.
+
+    Example:
+        >>> check_return_sites(None); check_return_sites(("y",))
+        >>> check_return_sites([])
+        Traceback (most recent call last):
+        ...
+        ValueError: `return_sites` is empty: name at least one site, or pass None for the default return sites.
+    """  # noqa: E501
+    if (
+        return_sites is not None
+        and not isinstance(return_sites, str)
+        and hasattr(return_sites, "__len__")
+        and len(return_sites) == 0
+    ):
+        raise ValueError(EMPTY_RETURN_SITES)
+
+
 def coerce_return_sites(
     return_sites: str | Iterable[str] | None, spec: KernelSpec | None, param_output: str
 ) -> tuple[str, ...]:
     """Normalise a ``return_sites`` argument to a tuple of site names.
 
     ``None`` means the spec's default return sites; a string is one site; any
-    iterable of strings is taken in order (duplicates dropped). Names that no trace
+    iterable of strings is taken in order (duplicates dropped), an empty one meaning
+    no sites. Names that no trace
     has seen are passed through with a warning.
 
     Example:
@@ -134,8 +166,10 @@ def check_handler_sites(spec: KernelSpec | None, values: Mapping[str, Any], name
     unknown = [k for k in values if k not in spec.sample_sites]
     if unknown:
         raise ValueError(
-            f"`{name}` names {', '.join(map(repr, unknown))}, which is not a sample "
-            f"site of the kernel; sample sites are: {', '.join(spec.sample_sites)}."
+            f"{name.capitalize()} site(s) not among the kernel's sample sites: "
+            f"{', '.join(map(repr, unknown))}. Sample sites: "
+            f"{', '.join(map(repr, spec.sample_sites))}. (`{name}` may only fix sample "
+            "sites.)"
         )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -19,6 +21,7 @@ from numpyro.infer.svi import SVIRunResult
 from aimz_core import _fit
 from aimz_core._draws import global_trace
 from aimz_core._jit_cache import ensure_compilation_cache
+from aimz_core._locks import TRACE_LOCK
 from aimz_core._posterior import (
     not_fitted,
     substitutable,
@@ -43,7 +46,7 @@ from aimz_core.streaming.blocks import BlockRunner
 logger = logging.getLogger("aimz")
 
 # Attributes rebuilt on unpickling (never serialized).
-_RUNTIME_ATTRS = ("_layout", "_functions", "_temp_dir", "_placed", "_fn_vi_update")
+_RUNTIME_ATTRS = ("_layout", "_functions", "_temp_dir", "_placed", "_fn_vi_update", "_lock")
 
 
 class ImpactModel(PredictiveMethods):
@@ -108,6 +111,8 @@ class ImpactModel(PredictiveMethods):
         self._fn_vi_update: dict[tuple[str, ...], Callable] = {}
         self._temp_dir: tempfile.TemporaryDirectory | None = None
         self._placed: tuple[int, dict[str, jax.Array]] | None = None
+        # Guards taking the next key and creating the temp dir (calls from threads).
+        self._lock = threading.Lock()
         ImpactModel._models.add(self)
         logger.info(
             "ImpactModel on backend %s with %d device(s).",
@@ -274,34 +279,33 @@ class ImpactModel(PredictiveMethods):
     # ---------------------------------------------------------------- helpers
     def _next_key(self, rng_key: jax.Array | None) -> jax.Array:
         if rng_key is None:
-            self._rng_key, key = random.split(self._rng_key)
+            with self._lock:  # read, split and write back as one step
+                self._rng_key, key = random.split(self._rng_key)
             return key
         return coerce_key(rng_key, stacklevel=4)
 
     def _bind(self, X: Any, y: Any, kwargs: Mapping[str, Any], *, lazy: bool = False) -> KernelArgs:
-        return bind_arguments(
-            self._kernel, self._param_input, self._param_output, X, y, kwargs, lazy=lazy
-        )
+        names = (self._kernel, self._param_input, self._param_output)
+        return bind_arguments(*names, X, y, kwargs, lazy=lazy)
 
     def _build_kernel_spec(self, args: Mapping[str, Any], with_output: bool) -> KernelSpec:
-        if self._kernel_spec is not None and self._kernel_spec.covers(with_output):
-            return self._kernel_spec
-        if not with_output:
-            args = {k: v for k, v in args.items() if k != self._param_output}
-        trace = global_trace(self._kernel, self._rng_key, args)
-        validate_kernel_body(
-            trace,
-            param_output=self._param_output,
-            with_output=with_output,
-            kernel_params=kernel_parameter_names(self._kernel),
-        )
-        spec = KernelSpec.from_trace(
-            trace, param_output=self._param_output, with_output=with_output
-        )
-        if self._kernel_spec is not None:
-            spec = self._kernel_spec.merge(spec)
-        self._kernel_spec = spec
-        return spec
+        with TRACE_LOCK:  # one trace at a time; merges into the spec are not lost
+            spec = self._kernel_spec
+            if spec is None or not spec.covers(with_output):
+                drop = () if with_output else (self._param_output,)
+                args = {k: v for k, v in args.items() if k not in drop}
+                trace = global_trace(self._kernel, self._rng_key, args)
+                validate_kernel_body(
+                    trace,
+                    param_output=self._param_output,
+                    with_output=with_output,
+                    kernel_params=kernel_parameter_names(self._kernel),
+                )
+                new = KernelSpec.from_trace(
+                    trace, param_output=self._param_output, with_output=with_output
+                )
+                self._kernel_spec = spec = new if spec is None else spec.merge(new)
+            return spec
 
     def _check_fitted(self) -> None:
         if not self.is_fitted():
@@ -337,10 +341,11 @@ class ImpactModel(PredictiveMethods):
     def _base_dir(self, output_dir: str | Path | None) -> Path | str:
         if output_dir is not None:
             return resolve_output_dir(output_dir)
-        if self._temp_dir is None:
-            self._temp_dir = tempfile.TemporaryDirectory(prefix="aimz_")
-            logger.info("Created temporary output directory %s", self._temp_dir.name)
-        return Path(self._temp_dir.name)
+        with self._lock:  # created once, mode 0700 (`mkdtemp`), removed by `cleanup`
+            if self._temp_dir is None:
+                self._temp_dir = tempfile.TemporaryDirectory(prefix="aimz_")
+                logger.info("Created temporary output directory %s", self._temp_dir.name)
+            return Path(self._temp_dir.name)
 
     # ---------------------------------------------------------------- training
     def train_on_batch(
@@ -559,11 +564,13 @@ class ImpactModel(PredictiveMethods):
             >>> model.temp_dir is None
             True
         """
-        temp = getattr(self, "_temp_dir", None)
+        lock = getattr(self, "_lock", None)
+        with lock if lock is not None else contextlib.nullcontext():
+            temp = getattr(self, "_temp_dir", None)
+            self._temp_dir = None
         if temp is not None:
             path = temp.name
             temp.cleanup()
-            self._temp_dir = None
             logger.info("Removed temporary output directory %s", path)
 
     @classmethod

@@ -51,13 +51,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_int(text: str) -> int:
+#: Largest seed: ``jax.random.key`` keeps only the low 32 bits of a seed (unless
+#: ``jax_enable_x64`` is set), so larger seeds would silently repeat smaller ones.
+MAX_SEED = 2**32 - 1
+
+
+def _seed(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected an integer seed in [0, {MAX_SEED}], got {text!r}"
+        ) from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer seed in [0, {MAX_SEED}] (a 32-bit PRNG seed), got {text!r}"
+        )
     return value
 
 
@@ -138,9 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="folder for every artifact (default: ./aimz-demo)",
     )
-    demo.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="seed of data and model (default: 0)"
-    )
+    demo.add_argument("--seed", type=_seed, default=0, help="seed of data and model (default: 0)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     predict = commands.add_parser(
@@ -167,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SITE=VALUE",
         help="fix a sample site with numpyro.handlers.do (repeatable)",
     )
-    predict.add_argument("--seed", type=_non_negative_int, default=None, help="PRNG seed")
+    predict.add_argument("--seed", type=_seed, default=None, help="PRNG seed")
     predict.add_argument(
         "--tracking-uri",
         default=None,

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from aimz_core._draws import global_trace
+from aimz_core._locks import TRACE_LOCK
 from aimz_core._posterior import first_draw, take_draws
 from aimz_core._sizing import block_for_draw_bytes
 from aimz_core.arguments import KernelArgs, host_rows, pad_rows
@@ -234,7 +235,8 @@ class BlockRunner:
                 key,
             )
 
-        one, two = shapes_for(args), shapes_for(args2)
+        with TRACE_LOCK:
+            one, two = shapes_for(args), shapes_for(args2)
         globals_ = tuple(n for n in candidates if n in one and one[n].shape == two[n].shape)
         if not globals_:
             return {}

@@ -107,15 +107,17 @@ class StreamOptions:
 
         Raises:
             ValueError: For an unknown ``shard_axis`` or ``store``, a bad
-                ``batch_size`` or an option that contradicts another one.
+                ``batch_size``, an empty ``output_dir`` or an
+                option that contradicts another one.
             TypeError: For ``shard_axis="draw"`` with a data loader.
 
         Example:
             >>> StreamOptions(kind="predict", caller="predict", store="memory").validate([1.0])
         """
-        from aimz_core.backend import is_url
+        from aimz_core.backend import check_output_dir, is_url
         from aimz_core.data import check_batch_size, is_loader
 
+        check_output_dir(self.output_dir)
         if self.shard_axis not in ("obs", "draw"):
             raise ValueError(
                 f"`shard_axis` must be either 'obs' or 'draw', got {self.shard_axis!r}."
