@@ -336,11 +336,13 @@ def test_set_posterior_creates_untraced_spec(data):
     model = make_model()
     model.set_posterior_sample({"w": np.zeros((4, 2)), "b": np.zeros(4), "sigma": np.ones(4)})
     assert model.kernel_spec == KernelSpec(False, ("w", "b", "sigma"), ("y",), False)
-    # deterministic sites are not returned by default afterwards
+    # the first call traces the kernel (issue 15, item 3): the untraced spec is
+    # replaced and deterministic sites are returned by default, as for a fitted model
     out = model.predict_on_batch(X, rng_key=KEY, return_datatree=False)
-    assert set(out) == {"y"}
+    assert set(out) == {"y", "mu"}
+    assert model.kernel_spec == KernelSpec(True, ("w", "b", "sigma", "y"), ("y", "mu"), False)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # untraced spec: no "not seen" warning
+        warnings.simplefilter("error")  # "mu" has been seen: no "not seen" warning
         out = model.predict_on_batch(X, rng_key=KEY, return_sites="mu", return_datatree=False)
     np.testing.assert_array_equal(out["mu"], np.zeros((4, len(X))))
 

@@ -144,7 +144,7 @@ def test_plan_is_frozen_and_complete() -> None:
         options, resolve_inputs(model, X, None, options), model._runner(), param_input="X"
     )
     assert plan.size == 4 and plan.ranges == [(0, 4), (4, 8), (8, 10)]
-    assert set(plan.info.sites) == {"y"}
+    assert set(plan.info.sites) == {"y", "mu"}  # traced at the call (issue 15, item 3)
     with pytest.raises(AttributeError):
         plan.size = 8  # type: ignore[misc]
 

@@ -375,3 +375,42 @@ def test_no_command_and_version(capsys) -> None:
     assert cli.main([]) == 2
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("aimz ")
+
+
+def _treatment_kernel(X, t=None, y=None) -> None:
+    """A treatment site observed when ``t`` is given; latents ``a``, ``tau``, ``sigma``."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+    tau = numpyro.sample("tau", dist.Normal(0.0, 1.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    with numpyro.plate("obs", X.shape[0]):
+        treatment = numpyro.sample("treatment", dist.Bernoulli(logits=a), obs=t)
+        numpyro.sample("y", dist.Normal(X.sum(-1) + tau * treatment, sigma), obs=y)
+
+
+def test_predict_intervention_on_a_model_given_its_posterior(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    # issue 15 item 3: `set_posterior_sample` leaves the kernel untraced; a valid
+    # intervention site must not be refused, a bad one still is.
+    import xarray as xr
+    from aimz_core.testing import make_model
+
+    n = 8
+    post = {"a": np.zeros(n), "tau": np.ones(n), "sigma": np.full(n, 0.1)}
+    model = make_model(_treatment_kernel).set_posterior_sample(post)
+    assert not model.kernel_spec.traced
+    monkeypatch.setattr(cli, "_load_model", lambda *args, **kwargs: model)
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((5, 2), dtype=np.float32))
+    out = tmp_path / "pred"
+    base = ["predict", "m", "--input", str(x), "--output", str(out), "--no-progress"]
+    assert cli.main([*base, "--intervention", "nope=1"]) == 1
+    assert "not sample sites" in capsys.readouterr().err and not out.exists()
+    assert cli.main([*base, "--intervention", "treatment=1", "--seed", "0"]) == 0
+    assert "do:      treatment=1.0" in capsys.readouterr().out
+    (store,) = out.iterdir()
+    y = xr.open_zarr(store, consolidated=False)["y"].values
+    assert y.shape == (n, 5) and abs(float(y.mean()) - 1.0) < 0.2  # tau * 1

@@ -59,8 +59,9 @@ class PredictiveMethods:
         bound = self._bind(X, None, kwargs)
         check_aligned(bound.arrays, self._param_input)
         arrays = {k: jnp.asarray(v) for k, v in bound.arrays.items()}
-        if kind == "prior":
-            self._build_kernel_spec({**arrays, **bound.extras}, with_output=False)
+        # A real trace before the site checks and defaults, also for a posterior given
+        # by `set_posterior_sample` (no-op once traced; the key does not move).
+        self._build_kernel_spec({**arrays, **bound.extras}, with_output=False)
         sites = self._sites_for(return_sites)
         interv = as_jax_tree(intervention, "intervention")
         cond = as_jax_tree(condition, "condition")

@@ -7,15 +7,16 @@ does not move the model's key.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
 
-from aimz_core.arguments import as_jax_tree, bind_arguments, check_aligned
+from aimz_core.arguments import as_jax_tree, bind_arguments, check_aligned, streaming_arguments
 from aimz_core.backend import io_backend
-from aimz_core.data import is_loader
-from aimz_core.kernel_spec import check_handler_sites, check_return_sites
+from aimz_core.data import ArrayLoader, is_loader
+from aimz_core.kernel_spec import check_handler_sites, check_return_sites, ensure_traced
 from aimz_core.streaming.options import StreamOptions
 
 
@@ -50,11 +51,20 @@ def check_scenario(model: Any, args: Mapping[str, Any], on_batch: bool) -> None:
     if return_datatree:
         io_backend()
     check_return_sites(return_sites)
+    bound_args = None
     if not is_loader(X):  # a loader may be a one-shot iterator: leave it unread
         bound_args = bind_arguments(
             model._kernel, model._param_input, model._param_output, X, None, kwargs, lazy=True
         )
         check_aligned(bound_args.arrays, model._param_input)
+    elif isinstance(X, ArrayLoader) or (isinstance(X, Iterable) and iter(X) is not X):
+        with warnings.catch_warnings():  # the scenario's own call warns again
+            warnings.simplefilter("ignore")
+            bound_args, _ = streaming_arguments(
+                model._kernel, model._param_input, model._param_output, X, None, kwargs
+            )
+    if bound_args is not None:  # a real trace for the site checks (the key stays)
+        ensure_traced(model, bound=bound_args)
     check_handler_sites(
         model._kernel_spec, as_jax_tree(intervention, "intervention"), "intervention"
     )

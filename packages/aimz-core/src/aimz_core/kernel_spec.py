@@ -197,3 +197,36 @@ def describe_sites(
         entry = sites.setdefault(name, {"kind": "latent", "dims": None})
         entry["draw_shape"] = list(value.shape[1:])  # arrays (kept free of a NumPy import)
     return sites
+
+
+def ensure_traced(
+    model: Any, X: Any = None, kwargs: Mapping[str, Any] | None = None, *, bound: Any = None
+) -> KernelSpec | None:
+    """Trace ``model``'s kernel (without its output) unless a real trace has happened.
+
+    A model given its posterior by ``set_posterior_sample`` holds an untraced spec
+    (its sample sites are the posterior's keys); the checks of ``intervention`` /
+    ``condition`` sites and the default return sites need a real trace, so every
+    predictive call traces the kernel here first, with one row of the call's
+    inputs (``X`` and ``kwargs``, or already ``bound`` arguments). The trace neither
+    draws nor moves the model's key; a traced spec is returned as is.
+
+    Example:
+        >>> import numpy as np
+        >>> from aimz_core.testing import fitted_linreg
+        >>> model = fitted_linreg()
+        >>> model.kernel_spec.traced
+        False
+        >>> ensure_traced(model, np.ones((3, 2))).return_sites
+        ('y', 'mu')
+    """
+    spec = model.kernel_spec
+    if spec is not None and spec.traced:
+        return spec
+    from aimz_core.arguments import bind_arguments, host_rows
+
+    if bound is None:
+        names = (model.kernel, model.param_input, model.param_output)
+        bound = bind_arguments(*names, X, None, dict(kwargs or {}), lazy=True)
+    probe = {k: host_rows(v, 0, 1) for k, v in bound.arrays.items()}
+    return model._build_kernel_spec({**probe, **bound.extras}, with_output=False)

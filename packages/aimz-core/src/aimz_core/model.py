@@ -110,7 +110,7 @@ class ImpactModel(PredictiveMethods):
         self._functions = FunctionCache()
         self._fn_vi_update: dict[tuple[str, ...], Callable] = {}
         self._temp_dir: tempfile.TemporaryDirectory | None = None
-        self._placed: tuple[int, dict[str, jax.Array]] | None = None
+        self._placed: tuple[Any, dict[str, jax.Array]] | None = None
         # Guards taking the next key and creating the temp dir (calls from threads).
         self._lock = threading.Lock()
         ImpactModel._models.add(self)
@@ -289,7 +289,7 @@ class ImpactModel(PredictiveMethods):
         return bind_arguments(*names, X, y, kwargs, lazy=lazy)
 
     def _build_kernel_spec(self, args: Mapping[str, Any], with_output: bool) -> KernelSpec:
-        with TRACE_LOCK:  # one trace at a time; merges into the spec are not lost
+        with TRACE_LOCK:  # one trace at a time, no merge lost; an untraced spec is replaced
             spec = self._kernel_spec
             if spec is None or not spec.covers(with_output):
                 drop = () if with_output else (self._param_output,)
@@ -304,7 +304,7 @@ class ImpactModel(PredictiveMethods):
                 new = KernelSpec.from_trace(
                     trace, param_output=self._param_output, with_output=with_output
                 )
-                self._kernel_spec = spec = new if spec is None else spec.merge(new)
+                self._kernel_spec = spec = spec.merge(new) if spec and spec.traced else new
             return spec
 
     def _check_fitted(self) -> None:
@@ -313,10 +313,10 @@ class ImpactModel(PredictiveMethods):
 
     def _placed_posterior(self) -> dict[str, jax.Array]:
         """Substitutable posterior on the default device, cached by identity."""
-        post = self._posterior or {}
-        if self._placed is None or self._placed[0] != id(post):
+        post, key = self._posterior or {}, (id(self._posterior), self._kernel_spec)
+        if self._placed is None or self._placed[0] != key:  # a trace may change the spec
             placed = substitutable(post, self._kernel_spec, self._param_output)
-            self._placed = (id(post), jax.device_put(placed))
+            self._placed = (key, jax.device_put(placed))
         return self._placed[1]
 
     def _host_posterior(self) -> dict[str, np.ndarray]:

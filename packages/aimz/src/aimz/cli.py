@@ -460,6 +460,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     params = kernel_parameter_names(model.kernel)
     X, kwargs, notes = bind_input(data, params, model.param_input, model.param_output)
     spec = model.kernel_spec
+    if interventions and model.is_fitted():
+        from aimz_core.kernel_spec import ensure_traced
+
+        # a posterior given by `set_posterior_sample` leaves the kernel untraced
+        try:
+            spec = ensure_traced(model, X, kwargs)
+        except Exception as err:
+            message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CliError(f"cannot trace the model: {type(err).__name__}: {message}") from None
     if interventions and spec is not None:
         unknown = sorted(set(interventions) - set(spec.sample_sites))
         if unknown:

@@ -28,10 +28,10 @@ from jax import random
 from aimz_core._draws import check_subsample_plates, global_trace
 from aimz_core._posterior import first_draw
 from aimz_core._sizing import auto_batch_size, balanced_batch_size, rows_for_intermediates
-from aimz_core.arguments import KernelArgs, as_jax_tree, host_rows, streaming_arguments
+from aimz_core.arguments import KernelArgs, as_jax_tree, streaming_arguments
 from aimz_core.batched import BatchConfig, BatchFunction
 from aimz_core.exceptions import PerformanceWarning
-from aimz_core.kernel_spec import KernelSpec, check_handler_sites
+from aimz_core.kernel_spec import KernelSpec, check_handler_sites, ensure_traced
 from aimz_core.rng import pack_keys, unpack_keys
 from aimz_core.streaming.blocks import BlockRunner, dim_names
 from aimz_core.streaming.options import StreamOptions
@@ -192,7 +192,8 @@ def resolve_inputs(model: ImpactModel, X: Any, y: Any, options: StreamOptions) -
 
     This is the one step of planning that touches the model: it checks that the
     model is fitted (predictive and log-likelihood calls), builds the kernel spec
-    a prior call needs and draws the call's key from the model's key.
+    a prior or predictive call needs (:func:`~aimz_core.kernel_spec.ensure_traced`)
+    and draws the call's key from the model's key.
 
     Example:
         >>> import numpy as np
@@ -200,7 +201,7 @@ def resolve_inputs(model: ImpactModel, X: Any, y: Any, options: StreamOptions) -
         >>> model = fitted_linreg()
         >>> opts = StreamOptions(kind="predict", caller="predict", store="memory")
         >>> resolve_inputs(model, np.ones((4, 2)), None, opts).sites
-        ('y',)
+        ('y', 'mu')
     """
     from aimz_core.backend import io_backend
 
@@ -227,9 +228,8 @@ def resolve_inputs(model: ImpactModel, X: Any, y: Any, options: StreamOptions) -
         )
     if options.return_datatree:
         io_backend()
-    if kind == "prior":
-        probe = {k: host_rows(v, 0, 1) for k, v in bound.arrays.items()}
-        model._build_kernel_spec({**probe, **bound.extras}, with_output=False)
+    if kind != "loglik":  # a real trace (one row) before the site checks and defaults
+        ensure_traced(model, bound=bound)
     spec = model.kernel_spec
     sites = (model.param_output,) if kind == "loglik" else model._sites_for(options.return_sites)
     check_handler_sites(spec, interv, "intervention")
