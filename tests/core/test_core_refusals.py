@@ -85,7 +85,7 @@ def test_estimate_effect_missing_scenario_keeps_key(linreg_model, xy):
     X, _ = xy
     before = key_data(linreg_model)
     with pytest.raises(ValueError, match="Either `output_intervention` or `args_intervention`"):
-        linreg_model.estimate_effect(args_baseline={"X": X})
+        linreg_model.estimate_effect(args_baseline={"X": X, "return_datatree": False})
     np.testing.assert_array_equal(key_data(linreg_model), before)
 
 
@@ -245,7 +245,9 @@ def bad_calls(X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         "sample_posterior_predictive_on_batch": lambda m: m.sample_posterior_predictive_on_batch(
             X, condition={"nope": 1.0}, return_datatree=False
         ),
-        "predict": lambda m: m.predict(X, condition={"nope": 1.0}, progress=False),
+        "predict": lambda m: m.predict(
+            X, condition={"nope": 1.0}, progress=False, return_datatree=False
+        ),
         "log_likelihood": lambda m: m.log_likelihood(X, y[:-1], progress=False),
         "estimate_effect": lambda m: m.estimate_effect(
             args_baseline={"X": X, "return_datatree": False},
