@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +184,69 @@ def test_old_loader_module_aimz_mlflow_still_loads(
     assert isinstance(raw, ImpactModel)
     assert np.array_equal(raw.posterior["w"], fitted.posterior["w"])
     assert "records no file checksums" in caplog.text
+
+
+PLANTED = "aimz_planted_module"
+
+
+def _loaders() -> tuple[Any, ...]:
+    import mlflow
+
+    return (aimz_mlflow.load_model, mlflow.pyfunc.load_model)
+
+
+def _assert_not_importable(name: str) -> None:
+    assert name not in sys.modules
+    assert importlib.util.find_spec(name) is None
+
+
+def test_refused_load_leaves_sys_path_and_code_untouched(
+    local_model_dir: Path, tmp_path: Path
+) -> None:
+    """Verify first, then touch sys.path: a refused model's code is not importable."""
+    planted = shutil.copytree(local_model_dir, tmp_path / "planted")
+    (planted / "code" / f"{PLANTED}.py").write_text("raise SystemExit('planted code ran')\n")
+    changed = shutil.copytree(local_model_dir, tmp_path / "changed")
+    with open(changed / "code" / "aimz_mlflow_test_kernels.py", "a") as f:
+        f.write("\nraise SystemExit('tampered code ran')\n")
+    for model_dir, match in ((planted, "was added after saving"), (changed, "has sha256:")):
+        for load in _loaders():
+            before = list(sys.path)
+            with pytest.raises(MlflowException, match=match):
+                load(str(model_dir))
+            assert sys.path == before, load.__module__
+            _assert_not_importable(PLANTED)
+
+
+def test_pickle_switch_off_leaves_sys_path_untouched(
+    local_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    for load in _loaders():
+        before = list(sys.path)
+        with pytest.raises(MlflowException, match="MLFLOW_ALLOW_PICKLE_DESERIALIZATION"):
+            load(str(local_model_dir))
+        assert sys.path == before, load.__module__
+
+
+def test_failed_unpickle_forgets_the_model_code(local_model_dir: Path, tmp_path: Path) -> None:
+    """A verified model whose unpickling fails: sys.path and sys.modules are restored."""
+    model_dir = shutil.copytree(local_model_dir, tmp_path / "model")
+    (model_dir / "code" / f"{PLANTED}.py").write_text(
+        "def boom():\n    raise RuntimeError('unpickling failed')\n"
+    )
+    # GLOBAL aimz_planted_module.boom, called with no arguments.
+    (model_dir / "model.pkl").write_bytes(f"c{PLANTED}\nboom\n(tR.".encode())
+
+    def rechecksum(conf: dict[str, Any]) -> None:
+        sums = conf["flavors"]["aimz"]["checksums"]
+        for rel in ("model.pkl", f"code/{PLANTED}.py"):
+            sums[rel] = file_checksum(model_dir / rel)
+
+    edit_mlmodel(model_dir, rechecksum)
+    for load in _loaders():
+        before = list(sys.path)
+        with pytest.raises(RuntimeError, match="unpickling failed"):
+            load(str(model_dir))
+        assert sys.path == before, load.__module__
+        _assert_not_importable(PLANTED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,86 @@ def test_wrapper_binds_inputs_like_aimz_predict(fitted: ImpactModel, data: Any) 
     assert_same(wrapper.predict({"X": data.X, "y": data.y}, params=params), expected)
     with pytest.raises(ValueError, match="not parameters of the kernel"):
         wrapper.predict({"X": data.X, "scale": 2.0}, params=params)
+
+
+@pytest.mark.parametrize(
+    ("data_key", "params", "error", "match"),
+    [
+        ("X", {"batch_size": 0}, ValueError, "`batch_size` should be a positive integer"),
+        ("X", {"intervention": "{not json"}, ValueError, "JSON object"),
+        ("X", {"seed": "zero"}, TypeError, "`seed` must be an integer"),
+        ("Z", {}, KeyError, "'X'"),
+        ("X", {"return_sites": ["nope"]}, ValueError, r"does not record: \['nope'\]"),
+    ],
+)
+def test_invalid_requests_are_invalid_parameter_values(
+    fitted: ImpactModel, data: Any, data_key: str, params: Any, error: type, match: str
+) -> None:
+    """aimz's refusals answer 400 with aimz's message (and stay the built-in errors)."""
+    from mlflow.exceptions import MlflowException
+
+    wrapper = aimz_mlflow._AimzModelWrapper(fitted)
+    with pytest.raises(MlflowException, match=match) as info:
+        wrapper.predict({data_key: data.X}, params={"seed": 0, **params})
+    assert isinstance(info.value, error)
+    assert info.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert info.value.get_http_status_code() == 400
+
+
+def test_served_return_datatree_is_refused(
+    fitted: ImpactModel, data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")
+    wrapper = aimz_mlflow._AimzModelWrapper(fitted)
+    with pytest.raises(MlflowException, match="return_datatree=true` is not available") as info:
+        wrapper.predict({"X": data.X}, params={"return_datatree": True})
+    assert info.value.get_http_status_code() == 400
+
+
+def test_served_non_finite_draws_are_json_null(
+    fitted: ImpactModel, data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    wrapper = aimz_mlflow._AimzModelWrapper(fitted)
+    params = {"seed": 0, "intervention": '{"sigma": NaN}'}
+    plain = wrapper.predict({"X": data.X}, params=params)
+    assert np.isnan(plain["y"]).all()  # Python callers keep NaN
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")
+    served = wrapper.predict({"X": data.X}, params=params)
+    out = io.StringIO()
+    predictions_to_json(served, out)
+    body = json.loads(out.getvalue(), parse_constant=pytest.fail)  # no NaN / Infinity
+    assert np.asarray(body["predictions"]["y"]).shape == plain["y"].shape
+    assert all(v is None for row in body["predictions"]["y"] for v in row)
+    assert np.allclose(body["predictions"]["mu"], plain["mu"])
+
+
+def test_row_limit(fitted: ImpactModel, data: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aimz_mlflow.pyfunc import DEFAULT_MAX_ROWS, MAX_ROWS_ENV, RequestTooLargeError
+
+    assert DEFAULT_MAX_ROWS == 1_000_000
+    rows = len(data.X)
+    monkeypatch.setenv(MAX_ROWS_ENV, str(rows - 1))
+    wrapper = aimz_mlflow._AimzModelWrapper(fitted)
+    with pytest.raises(RequestTooLargeError, match=f"{rows} input rows") as info:
+        wrapper.predict({"X": data.X}, params={"seed": 0})
+    assert info.value.get_http_status_code() == 413
+    assert wrapper.predict({"X": data.X[: rows - 1]}, params={"seed": 0})["y"].shape[1] == rows - 1
+    # model_config's max_rows wins over the environment; 0 lifts the limit.
+    unlimited = aimz_mlflow._AimzModelWrapper(fitted, max_rows=0)
+    assert unlimited.predict({"X": data.X}, params={"seed": 0})["y"].shape[1] == rows
+    monkeypatch.setenv(MAX_ROWS_ENV, "many")
+    with pytest.raises(ValueError, match=MAX_ROWS_ENV):
+        wrapper.predict({"X": data.X}, params={"seed": 0})
+
+
+def test_pyfunc_model_config_sets_the_row_limit(logged: Any, data: Any) -> None:
+    import mlflow
+    from aimz_mlflow.pyfunc import RequestTooLargeError
+
+    model = mlflow.pyfunc.load_model(logged.model_uri, model_config={"max_rows": 2})
+    with pytest.raises(RequestTooLargeError):
+        model.predict({"X": data.X}, params={"seed": 0})

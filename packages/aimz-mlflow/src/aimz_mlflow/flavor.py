@@ -7,6 +7,7 @@ import importlib.metadata
 import logging
 import os
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,10 @@ def save_model(
         conda_env=_CONDA_ENV_FILE_NAME,
         python_env=_PYTHON_ENV_FILE_NAME,
         code=code_dir_subpath,
+        # Declared so that ``mlflow.pyfunc.load_model(..., model_config=...)`` and
+        # ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` may set it; None: AIMZ_SERVE_MAX_ROWS or
+        # the default applies.
+        model_config={"max_rows": None},
     )
     mlflow_model.add_flavor(FLAVOR_NAME, **flavor_conf)
     if size := get_total_file_size(path):
@@ -331,7 +336,8 @@ def _flavor_conf(model_dir: str) -> dict[str, Any]:
     return _get_flavor_configuration(model_path=model_dir, flavor_name=FLAVOR_NAME)
 
 
-def _load_from_dir(model_dir: str, conf: dict[str, Any]) -> Any:
+def _verify(model_dir: str, conf: dict[str, Any]) -> None:
+    """Run every check that must pass before any of the model's code runs."""
     fmt = conf.get("serialization_format", SERIALIZATION_FORMAT_CLOUDPICKLE)
     if fmt not in SUPPORTED_SERIALIZATION_FORMATS:
         raise MlflowException(
@@ -342,6 +348,36 @@ def _load_from_dir(model_dir: str, conf: dict[str, Any]) -> Any:
         )
     check_pickle_allowed()
     verify_checksums(model_dir, conf)
+
+
+def _code_dir(model_dir: str, conf: dict[str, Any]) -> str | None:
+    code = conf.get("code")
+    return os.path.join(model_dir, code) if code else None
+
+
+def _is_under(path: str | None, directory: str) -> bool:
+    if not path:
+        return False
+    try:
+        return os.path.commonpath([os.path.abspath(path), os.path.abspath(directory)]) == (
+            os.path.abspath(directory)
+        )
+    except ValueError:  # different drives
+        return False
+
+
+def _forget_code(code_dir: str | None, sys_path: list[str], modules: set[str]) -> None:
+    """Undo a failed load: restore ``sys.path``, drop modules imported from the code."""
+    sys.path[:] = sys_path
+    if code_dir is None:
+        return
+    for name in [n for n in list(sys.modules) if n not in modules]:
+        module = sys.modules.get(name)
+        if _is_under(getattr(module, "__file__", None), code_dir):
+            del sys.modules[name]
+
+
+def _unpickle(model_dir: str, conf: dict[str, Any]) -> Any:
     with open(os.path.join(model_dir, conf.get("pickled_model", _MODEL_FILE)), "rb") as f:
         return cloudpickle.load(f)
 
@@ -382,8 +418,16 @@ def load_model(model_uri: str | os.PathLike[str], dst_path: str | None = None) -
     )
     model_dir = _model_dir(local_path)
     conf = _flavor_conf(model_dir)
-    _add_code_from_conf_to_system_path(model_dir, conf)
-    return _load_from_dir(model_dir, conf)
+    # Verify before the model's code can run: its code directory goes on sys.path
+    # only once the pickle switch and the checksums (code files included) pass.
+    _verify(model_dir, conf)
+    sys_path, modules = list(sys.path), set(sys.modules)
+    try:
+        _add_code_from_conf_to_system_path(model_dir, conf)
+        return _unpickle(model_dir, conf)
+    except BaseException:
+        _forget_code(_code_dir(model_dir, conf), sys_path, modules)
+        raise
 
 
 def _load_pyfunc(path: str, model_config: dict[str, Any] | None = None) -> _AimzModelWrapper:
@@ -391,7 +435,8 @@ def _load_pyfunc(path: str, model_config: dict[str, Any] | None = None) -> _Aimz
 
     Args:
         path: The model's ``model.pkl`` (pyfunc ``data``) or its directory.
-        model_config: Unused; accepted for MLflow's loader protocol.
+        model_config: Optional ``{"max_rows": N}``: the most input rows one predict
+            call accepts (see :data:`aimz_mlflow.pyfunc.MAX_ROWS_ENV`).
 
     Example:
         ``mlflow.pyfunc.load_model`` calls this through ``loader_module``:
@@ -413,7 +458,26 @@ def _load_pyfunc(path: str, model_config: dict[str, Any] | None = None) -> _Aimz
             "No aimz flavor configuration in %s; assuming a cloudpickle model.", model_dir
         )
         conf = {"pickled_model": os.path.basename(path) if os.path.isfile(path) else _MODEL_FILE}
-    return _AimzModelWrapper(_load_from_dir(model_dir, conf))
+    # mlflow.pyfunc.load_model has already put the pyfunc code directory on sys.path
+    # (before calling this loader); nothing of the model is imported or unpickled
+    # here before the checks pass, and a refused model's code directory is taken off
+    # sys.path again.
+    code_dir = _code_dir(model_dir, conf)
+    modules = set(sys.modules)
+    try:
+        _verify(model_dir, conf)
+        model = _unpickle(model_dir, conf)
+    except BaseException:
+        sys_path = list(sys.path)
+        if code_dir and sys_path and _same_path(sys_path[0], code_dir):
+            del sys_path[0]  # the entry mlflow.pyfunc.load_model prepended for this load
+        _forget_code(code_dir, sys_path, modules)
+        raise
+    return _AimzModelWrapper(model, max_rows=(model_config or {}).get("max_rows"))
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 __all__ = [

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_EXCEEDED
 from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
 # Inference params accepted by ``_AimzModelWrapper.predict`` (and declared in the
@@ -27,6 +30,107 @@ PARAM_SPECS: tuple[tuple[str, str, Any, tuple[int, ...] | None], ...] = (
 
 
 _PARAM_NAMES = frozenset(spec[0] for spec in PARAM_SPECS)
+
+#: Environment variable with the most input rows one pyfunc predict call (one
+#: request of ``mlflow models serve``) accepts; ``0`` lifts the limit. A
+#: ``max_rows`` entry of the pyfunc ``model_config`` takes precedence.
+MAX_ROWS_ENV = "AIMZ_SERVE_MAX_ROWS"
+#: The row limit when neither ``model_config`` nor :data:`MAX_ROWS_ENV` sets one.
+DEFAULT_MAX_ROWS = 1_000_000
+
+# Errors of aimz's input validation: answered as HTTP 400 with aimz's message.
+_INPUT_ERRORS = (ValueError, TypeError, KeyError, NotImplementedError)
+
+
+class InvalidInputError(MlflowException):
+    """A request aimz refused (HTTP 400, ``INVALID_PARAMETER_VALUE``).
+
+    It also derives from the built-in error aimz raised (``ValueError``,
+    ``TypeError``, ...), so Python callers of the pyfunc model can still catch that.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+_INPUT_ERROR_CLASSES: dict[type, type] = {
+    base: type(f"Invalid{base.__name__}", (InvalidInputError, base), {}) for base in _INPUT_ERRORS
+}
+
+
+class RequestTooLargeError(MlflowException):
+    """A request over the row limit: HTTP 413 under ``mlflow models serve``.
+
+    MLflow maps no error code to 413, so the error code is
+    ``REQUEST_LIMIT_EXCEEDED`` (429 in MLflow's table) and the status is set here.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=REQUEST_LIMIT_EXCEEDED)
+
+    def get_http_status_code(self) -> int:
+        """Return 413 (Content Too Large)."""
+        return 413
+
+
+def _invalid(err: BaseException) -> MlflowException:
+    message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    for base, cls in _INPUT_ERROR_CLASSES.items():
+        if isinstance(err, base):
+            return cls(str(message))
+    return InvalidInputError(str(message))  # pragma: no cover - _INPUT_ERRORS only
+
+
+def max_rows_limit(configured: Any = None) -> int | None:
+    """Return the row limit of one predict call (``None``: no limit).
+
+    ``configured`` (the ``max_rows`` of the pyfunc ``model_config``) wins over
+    :data:`MAX_ROWS_ENV`, which wins over :data:`DEFAULT_MAX_ROWS`; ``0`` lifts it.
+
+    Example:
+        >>> max_rows_limit(), max_rows_limit(10), max_rows_limit(0)
+        (1000000, 10, None)
+    """
+    value = configured
+    source = "model_config['max_rows']"
+    if value is None:
+        value = os.environ.get(MAX_ROWS_ENV, "").strip() or None
+        source = MAX_ROWS_ENV
+    if value is None:
+        return DEFAULT_MAX_ROWS
+    try:
+        limit = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source} must be an integer, got {value!r}.") from None
+    if limit < 0:
+        raise ValueError(f"{source} must be >= 0 (0: no limit), got {limit}.")
+    return limit or None
+
+
+def _serving() -> bool:
+    """Whether this process is ``mlflow models serve`` (MLflow sets the variable)."""
+    return os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() in {"true", "1"}
+
+
+def json_safe(value: Any) -> Any:
+    """Return ``value`` with NaN and infinities as ``None`` (JSON ``null``).
+
+    Float arrays with non-finite values become object arrays; others are returned
+    as they are.
+
+    Example:
+        >>> json_safe(np.array([1.0, np.nan, np.inf])).tolist()
+        [1.0, None, None]
+    """
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.inexact):
+        return array
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return array
+    out = array.astype(object)
+    out[bad] = None
+    return out
 
 
 def params_schema() -> ParamSchema:
@@ -211,8 +315,20 @@ class _AimzModelWrapper:
         (10, 5)
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, max_rows: int | None = None) -> None:
         self.model = model
+        self.max_rows = max_rows
+
+    def _check_rows(self, X: Any) -> None:
+        limit = max_rows_limit(self.max_rows)
+        rows = len(X) if limit is not None and np.ndim(X) else 0
+        if limit is not None and rows > limit:
+            raise RequestTooLargeError(
+                f"The request has {rows} input rows, more than the {limit} one prediction "
+                f"accepts. Send fewer rows per request, or raise the limit with the "
+                f"{MAX_ROWS_ENV} environment variable (0: no limit) or the model_config "
+                "key 'max_rows'."
+            )
 
     def get_raw_model(self) -> Any:
         """Return the wrapped :class:`~aimz_core.ImpactModel`.
@@ -254,13 +370,46 @@ class _AimzModelWrapper:
             >>> bool((same["y"] == draws["y"]).all())
             True
         """
-        return_datatree, kwargs = predict_options(params)
-        X, data_kwargs = split_input(data, self.model)
-        call = {**data_kwargs, **kwargs}
-        if return_datatree:
-            return self.model.predict(X, store="memory", return_datatree=True, **call)
-        out = self.model.predict(X, return_datatree=False, **call)
+        try:
+            return_datatree, kwargs = predict_options(params)
+            if return_datatree and _serving():
+                raise ValueError(
+                    "`return_datatree=true` is not available from a model server: a "
+                    "DataTree cannot be answered as JSON. Omit it to get "
+                    "{site: draws} arrays, or load the model in Python "
+                    "(aimz_mlflow.load_model) for a DataTree."
+                )
+            X, data_kwargs = split_input(data, self.model)
+            self._check_rows(X)
+            call = {**data_kwargs, **kwargs}
+            if return_datatree:
+                return self.model.predict(X, store="memory", return_datatree=True, **call)
+            out = self.model.predict(X, return_datatree=False, **call)
+            requested = kwargs.get("return_sites")
+            if requested is not None:
+                wanted = [requested] if isinstance(requested, str) else list(requested)
+                missing = [site for site in wanted if site not in out]
+                if missing:
+                    raise ValueError(
+                        f"`return_sites` names sites the prediction does not record: "
+                        f"{missing}; recorded sites: {sorted(out)}."
+                    )
+        except _INPUT_ERRORS as err:
+            raise _invalid(err) from err
+        if _serving():  # JSON has no NaN / Infinity: answer them as null
+            return {site: json_safe(value) for site, value in out.items()}
         return {site: np.asarray(value) for site, value in out.items()}
 
 
-__all__ = ["infer_pyfunc_signature", "params_schema", "predict_options", "split_input"]
+__all__ = [
+    "DEFAULT_MAX_ROWS",
+    "MAX_ROWS_ENV",
+    "InvalidInputError",
+    "RequestTooLargeError",
+    "infer_pyfunc_signature",
+    "json_safe",
+    "max_rows_limit",
+    "params_schema",
+    "predict_options",
+    "split_input",
+]
