@@ -32,7 +32,15 @@ CORE_NAMES = [
     "OutputWarning",
     "PerformanceWarning",
 ]
-IO_NAMES = ["open_tree", "summarize_effect", "format_summary", "effect_tree"]
+IO_NAMES = [
+    "open_tree",
+    "summarize_effect",
+    "format_summary",
+    "effect_tree",
+    "list_incomplete",
+    "remove_incomplete",
+    "IncompleteStore",
+]
 MLFLOW_NAMES = [
     "save_model",
     "log_model",

@@ -48,6 +48,7 @@ class IOBackend(Protocol):
         store: Literal["persistent", "memory"],
         base_dir: Path | None,
         progress: bool = True,
+        fingerprint: Any = None,
     ) -> Any:
         """The :class:`~aimz_core.streaming.Sink` of one streamed call."""
 

@@ -6,10 +6,13 @@ The functions the core calls live in :mod:`aimz_io.backend`.
 from aimz_core.backend import register_backend
 
 from aimz_io.backend import (
+    IncompleteStore,
     effect_tree,
     format_summary,
+    list_incomplete,
     make_sink,
     open_tree,
+    remove_incomplete,
     summarize_effect,
     tree_from_arrays,
 )
@@ -21,11 +24,14 @@ register_backend("aimz_io.backend")
 __version__ = aimz_version()
 
 __all__ = [
+    "IncompleteStore",
     "__version__",
     "effect_tree",
     "format_summary",
+    "list_incomplete",
     "make_sink",
     "open_tree",
+    "remove_incomplete",
     "summarize_effect",
     "tree_from_arrays",
 ]

@@ -3,12 +3,14 @@
 * :func:`make_sink`: where a streamed call's blocks go (Zarr on disk or memory);
 * :func:`tree_from_arrays`: DataTree of on-batch results;
 * :func:`open_tree`: reopen a persistent artifact;
+* :func:`list_incomplete` / :func:`remove_incomplete`: stores left by killed calls;
 * :func:`resolve_client` / :func:`run_distributed`: Dask and resumable runs;
 * :func:`effect_tree` / :func:`summarize_effect`: effects of interventions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +20,7 @@ from aimz_io.artifact import open_tree
 from aimz_io.datatree import tree_from_arrays
 from aimz_io.distributed import resolve_client, run_distributed
 from aimz_io.effects import effect_tree
+from aimz_io.incomplete import IncompleteStore, list_incomplete, remove_incomplete
 from aimz_io.memory_sink import MemoryTreeSink
 from aimz_io.summary import format_summary, summarize_effect
 from aimz_io.zarr_sink import ZarrSink
@@ -30,6 +33,7 @@ def make_sink(
     store: Literal["persistent", "memory"],
     base_dir: Path | None,
     progress: bool = True,
+    fingerprint: str | Callable[[], str] | None = None,
 ) -> Sink:
     """The sink of one streamed call.
 
@@ -42,6 +46,9 @@ def make_sink(
             ``"persistent"``; ignored for ``"memory"``).
         progress: Accepted for symmetry with the model methods; the sinks print
             nothing (the core owns the progress bars).
+        fingerprint: The plan fingerprint a ``"persistent"`` store records (or a
+            function returning it, called when the store opens), so that a killed
+            call's store can be adopted by ``resume=True``.
 
     Returns:
         A fresh :class:`~aimz_core.sinks.Sink`.
@@ -60,17 +67,20 @@ def make_sink(
     if store == "persistent":
         if base_dir is None:
             raise ValueError("`base_dir` is required when `store='persistent'`.")
-        return ZarrSink(Path(base_dir))
+        return ZarrSink(Path(base_dir), fingerprint=fingerprint)
     if store == "memory":
         return MemoryTreeSink()
     raise ValueError(f"`store` must be one of {STORES}, got {store!r}.")
 
 
 __all__ = [
+    "IncompleteStore",
     "effect_tree",
     "format_summary",
+    "list_incomplete",
     "make_sink",
     "open_tree",
+    "remove_incomplete",
     "resolve_client",
     "run_distributed",
     "summarize_effect",

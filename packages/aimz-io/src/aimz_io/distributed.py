@@ -23,6 +23,11 @@ incomplete store of the same plan in the output directory and computes only the
 regions whose flags are missing. Without a client (``resume=True`` alone) the
 regions run one after another in this process.
 
+A killed single-process call (no client) leaves a store of
+:class:`~aimz_io.zarr_sink.ZarrSink` instead: it records the same fingerprint but
+has no region flags (its writes are gathered into larger chunks and may be torn), so
+``resume=True`` adopts it by recomputing every region into the same directory.
+
 Dask is an optional dependency (``pip install "aimz-io[dask]"``), imported only here
 and only when a client is used.
 """
@@ -30,6 +35,7 @@ and only when a client is used.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,21 +171,37 @@ def _find_resumable(
 ) -> str | Path | None:
     """The newest incomplete store under ``base`` written by the same plan."""
     for path in _children(base, caller, storage_options):
+        if not is_url(path) and Path(path).is_symlink():
+            continue
         try:
             store = store_for(path, read_only=True, storage_options=storage_options)
-            attrs = zarr.open_group(store, mode="r").attrs
+            group = zarr.open_group(store, mode="r")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
             continue
-        if attrs.get(PLAN_ATTR) == fingerprint and attrs.get(COMPLETE_ATTR) is not True:
+        attrs = group.attrs
+        if attrs.get(PLAN_ATTR) != fingerprint or attrs.get(COMPLETE_ATTR) is True:
+            continue
+        # Stores without region flags (single-process calls) are local only.
+        if not is_url(path) or REGIONS_ARRAY in set(group.array_keys()):
             return path
     return None
 
 
+def _has_flags(path: str | Path, storage_options: Any) -> bool:
+    store = store_for(path, read_only=True, storage_options=storage_options)
+    return REGIONS_ARRAY in set(zarr.open_group(store, mode="r").array_keys())
+
+
 def _create_store(
-    base: str | Path, plan: Any, fingerprint: str, storage_options: Any
+    base: str | Path,
+    plan: Any,
+    fingerprint: str,
+    storage_options: Any,
+    path: str | Path | None = None,
 ) -> str | Path:
+    """Preallocate the store of ``plan`` in a new call location (or at ``path``)."""
     info = plan.info
-    path = call_location(base, plan.caller)
+    path = call_location(base, plan.caller) if path is None else path
     store = store_for(path, storage_options=storage_options)
     group = zarr.open_group(store, mode="w", zarr_format=3)
     create_site_arrays(group, info)
@@ -233,7 +255,15 @@ def run_distributed(
     if not is_url(base_dir):
         base_dir = Path(base_dir)
     path = _find_resumable(base_dir, plan.caller, fingerprint, so) if resume else None
-    if path is None:
+    if path is not None and not _has_flags(path, so):
+        # The store of a killed single-process call: no record of which chunks are
+        # whole, so it is emptied and every region recomputed into it.
+        logger.info("Adopting %s (left by a killed call): recomputing all regions.", path)
+        shutil.rmtree(path)
+        Path(path).mkdir()
+        path = _create_store(base_dir, plan, fingerprint, so, path=path)
+        todo = list(range(len(plan.ranges)))
+    elif path is None:
         path = _create_store(base_dir, plan, fingerprint, so)
         todo = list(range(len(plan.ranges)))
     else:

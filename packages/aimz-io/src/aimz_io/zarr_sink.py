@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import zarr
 from aimz_core.streaming import Sink, SiteLayout, StreamInfo
 from zarr.codecs import BloscCodec
 
-from aimz_io.artifact import COMPLETE_ATTR, create_call_dir, tree_from_store
+from aimz_io.artifact import COMPLETE_ATTR, PLAN_ATTR, create_call_dir, tree_from_store
 from aimz_io.datatree import DRAW, resolve_dims, storage_dtype
 from aimz_io.provenance import base_attrs
 from aimz_io.regions import block_region, stream_chunk
@@ -88,6 +89,10 @@ class ZarrSink(Sink):
         num_writers: Writer threads; default ``min(cpu_count, 4)``.
         coalesce_bytes: Target size of a chunk made of small blocks (``0``: one
             chunk per block).
+        fingerprint: The call's plan fingerprint (or a function that returns it,
+            called once at ``open``), recorded as ``aimz_plan`` so that
+            ``resume=True`` can adopt the store if the process is killed. The core
+            passes :meth:`~aimz_core.streaming.StreamPlan.fingerprint`.
 
     Example:
         >>> import tempfile
@@ -108,8 +113,10 @@ class ZarrSink(Sink):
         *,
         num_writers: int | None = None,
         coalesce_bytes: int = COALESCE_BYTES,
+        fingerprint: str | Callable[[], str] | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
+        self.fingerprint = fingerprint
         self.coalesce_bytes = int(coalesce_bytes)
         self._chunk_len: dict[str, int] = {}
         self._buffers: dict[str, dict[int, list[Any]]] = {}
@@ -132,6 +139,12 @@ class ZarrSink(Sink):
         try:
             self.path = create_call_dir(self.base_dir, info.caller).resolve()
             attrs = store_attrs(info)
+            fingerprint = self.fingerprint() if callable(self.fingerprint) else self.fingerprint
+            if fingerprint is not None:
+                # A killed process leaves the store without `aimz_complete`: the
+                # fingerprint lets `resume=True` adopt it and `list_incomplete`
+                # name its call.
+                attrs[PLAN_ATTR] = fingerprint
             self._group = zarr.open_group(
                 zarr.storage.LocalStore(self.path),
                 mode="w",

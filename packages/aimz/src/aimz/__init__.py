@@ -87,7 +87,15 @@ logging.getLogger("aimz").addHandler(logging.NullHandler())
 # mlflow; `import aimz` itself stays fast.
 _LAZY_MODULES = ("mlflow", "model", "utils")
 # The user-facing functions of aimz-io (reading artifacts, summarizing effects).
-_LAZY_IO = ("effect_tree", "format_summary", "open_tree", "summarize_effect")
+_LAZY_IO = (
+    "IncompleteStore",
+    "effect_tree",
+    "format_summary",
+    "list_incomplete",
+    "open_tree",
+    "remove_incomplete",
+    "summarize_effect",
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -119,10 +127,13 @@ __all__ = [
     "NotFittedError",
     "OutputWarning",
     "PerformanceWarning",
-    # aimz-io: reading artifacts back and summarizing effects
+    # aimz-io: reading artifacts back, stores of killed calls, summarizing effects
+    "IncompleteStore",
     "effect_tree",
     "format_summary",
+    "list_incomplete",
     "open_tree",
+    "remove_incomplete",
     "summarize_effect",
     "__version__",
 ]

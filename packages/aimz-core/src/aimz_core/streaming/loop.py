@@ -133,7 +133,13 @@ def run_plan(
     if options.return_datatree:
         store = options.store
         base = model._base_dir(options.output_dir) if store == "persistent" else None
-        sink = io_backend().make_sink(store=store, base_dir=base, progress=progress)
+        sink = io_backend().make_sink(
+            store=store,
+            base_dir=base,
+            progress=progress,
+            # Hashed when the store opens (after batch 0 is dispatched), not here.
+            fingerprint=lambda: plan.fingerprint(plan.info.posterior),
+        )
     else:
         sink = MemorySink()
     runner, arrays = model._runner(), plan.arrays
