@@ -28,11 +28,14 @@ is used but not saved. To reset both caches, delete the whole cache directory.
 
 The cache follows the compilation cache switch: ``AIMZ_COMPILATION_CACHE=0``
 turns both off. Entries live in ``<cache dir>/executables`` (see
-:func:`default_cache_dir`) and can be deleted at any time.
+:func:`default_cache_dir`) and can be deleted at any time. The directory is
+bounded by ``AIMZ_EXECUTABLE_CACHE_BYTES`` (default 1 GiB, ``0``: no bound): a
+write that takes it over the bound deletes the least recently used entries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -40,6 +43,7 @@ import pickle
 import platform
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -157,6 +161,59 @@ def executable_cache_dir() -> Path | None:
     if not enabled_by_env():
         return None
     return default_cache_dir() / "executables"
+
+
+#: Default of ``AIMZ_EXECUTABLE_CACHE_BYTES``: 1 GiB.
+DEFAULT_EXECUTABLE_CACHE_BYTES = 2**30
+
+
+def executable_cache_bytes() -> int:
+    """Bytes the executable cache may hold (``AIMZ_EXECUTABLE_CACHE_BYTES``, default
+    1 GiB; ``0``: no bound). Least recently used entries are deleted beyond it.
+
+    Example:
+        >>> executable_cache_bytes() >= 0
+        True
+    """
+    raw = os.environ.get("AIMZ_EXECUTABLE_CACHE_BYTES", "").strip()
+    try:
+        return max(0, int(float(raw))) if raw else DEFAULT_EXECUTABLE_CACHE_BYTES
+    except ValueError:
+        return DEFAULT_EXECUTABLE_CACHE_BYTES
+
+
+def evict_executables(directory: Path, limit: int, keep: Path | None = None) -> int:
+    """Delete the least recently used entries of ``directory`` (oldest modification
+    time first: a load touches its entry) until it holds at most ``limit`` bytes.
+    ``keep`` (the entry just written) goes last. Returns the bytes deleted.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> for i in range(3):
+        ...     _ = (d / f"{i}.bin").write_bytes(b"x" * 10)
+        ...     os.utime(d / f"{i}.bin", (i, i))
+        >>> evict_executables(d, 25), sorted(p.name for p in d.iterdir())
+        (10, ['1.bin', '2.bin'])
+    """
+    if limit <= 0:
+        return 0
+    entries = []
+    for path in directory.glob("*.bin"):
+        try:
+            stat = path.stat()
+        except OSError:  # deleted by another process
+            continue
+        entries.append((path == keep, stat.st_mtime, stat.st_size, path))
+    total = sum(entry[2] for entry in entries)
+    deleted = 0
+    for _, _, size, path in sorted(entries, key=lambda e: e[:2]):
+        if total <= limit:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+        deleted += size
+    return deleted
 
 
 @cache
@@ -296,7 +353,9 @@ class PersistentJit:
     def __init__(self, jitted: Callable[..., Any], directory: Path | None = _UNSET) -> None:
         self.jitted = jitted
         self.directory = executable_cache_dir() if directory is self._UNSET else directory
-        self._compiled: dict[tuple, Any] = {}
+        self._compiled: OrderedDict[tuple, Any] = OrderedDict()
+        #: Executables kept in memory, least recently used dropped first (0: all).
+        self.max_executables = 0
         #: Signatures already traced by the plain jitted function (no directory).
         self._seen: set[tuple] = set()
         #: Where each executable came from: ``"disk"`` or ``"compiled"``.
@@ -322,6 +381,11 @@ class PersistentJit:
                 if compiled is None:
                     compiled = self._load_or_compile(args)
                     self._compiled[signature] = compiled
+                    while 0 < self.max_executables < len(self._compiled):
+                        self._compiled.popitem(last=False)
+        elif self.max_executables > 0:
+            with contextlib.suppress(KeyError):  # dropped by another thread meanwhile
+                self._compiled.move_to_end(signature)
         return compiled(*args)
 
     def eval_shape(self, *args: Any) -> Any:
@@ -352,6 +416,7 @@ class PersistentJit:
                     execution_devices=[by_id[i] for i in device_ids],
                 )
                 self.sources.append("disk")
+                _touch(path)
                 return compiled
             except Exception as err:  # stale or corrupt entry: compile instead
                 logger.info("Removing unusable cached executable %s: %s", path.name, err)
@@ -390,8 +455,15 @@ class PersistentJit:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+            evict_executables(path.parent, executable_cache_bytes(), keep=path)
         except Exception as err:  # not serializable, read-only disk: keep it in memory
             logger.info("Executable not saved to %s: %s", path.parent, err)
+
+
+def _touch(path: Path) -> None:
+    """Mark a cache entry as used (eviction goes by modification time)."""
+    with contextlib.suppress(OSError):  # read-only cache: order is only a preference
+        os.utime(path)
 
 
 __all__ = [
@@ -402,8 +474,11 @@ __all__ = [
     # the executable cache
     "FORMAT_VERSION",
     "FRESH_COMPILE_OPTIONS",
+    "DEFAULT_EXECUTABLE_CACHE_BYTES",
     "PersistentJit",
     "call_signature",
+    "evict_executables",
+    "executable_cache_bytes",
     "executable_cache_dir",
     "program_key",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -182,3 +183,46 @@ def block_for_draw_bytes(
     )
     block = max(1, min(for_cache, budget // per_draw))
     return None if block >= num_draws else block
+
+
+#: Smallest automatic batch of rows: smaller inputs are padded up to it.
+MIN_BUCKET_ROWS = 8
+
+
+def row_buckets_enabled() -> bool:
+    """Whether automatic row batches are rounded up to buckets (``AIMZ_ROW_BUCKETS=1``).
+
+    Off by default: padding rows changes what a kernel that computes across rows
+    (a mean over rows, a scan) sees, and that is not detected yet.
+
+    Example:
+        >>> isinstance(row_buckets_enabled(), bool)
+        True
+    """
+    return os.environ.get("AIMZ_ROW_BUCKETS", "0").strip().lower() in ("1", "true", "yes")
+
+
+def bucket_batch_size(size: int, total: int, cap: int, num_devices: int) -> int:
+    """Round an automatic batch of rows up to a power of two (at least
+    :data:`MIN_BUCKET_ROWS`), so that inputs of many sizes share a few compiled
+    programs; rows beyond the input are padding.
+
+    The bucket is used only when it stays within ``cap`` (the rows the memory
+    budget allows) and keeps the number of batches ``ceil(total / size)``, so the
+    batch numbering (and the per-batch keys) is that of ``size``. Otherwise
+    ``size`` is returned unchanged.
+
+    Example:
+        >>> bucket_batch_size(5, 5, 10_000, 1), bucket_batch_size(9, 9, 10_000, 1)
+        (8, 16)
+        >>> bucket_batch_size(500, 1000, 10_000, 1)
+        512
+        >>> bucket_batch_size(334, 1000, 10_000, 1)  # 512 would make 2 batches, not 3
+        334
+        >>> bucket_batch_size(600, 600, 600, 1)  # over the memory cap
+        600
+    """
+    bucket = max(MIN_BUCKET_ROWS, 1 << max(0, size - 1).bit_length())
+    bucket = math.ceil(bucket / num_devices) * num_devices
+    same_batches = math.ceil(total / bucket) == math.ceil(total / max(1, size))
+    return bucket if bucket <= max(cap, size) and same_batches else size

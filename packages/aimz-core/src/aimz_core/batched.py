@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -141,11 +144,42 @@ def build_batch_function(
     return BatchFunction(PersistentJit(jax.jit(fn)), one, dims)
 
 
-class FunctionCache:
-    """Per-model cache of batch functions keyed by :class:`BatchConfig`."""
+#: Default of ``AIMZ_FUNCTION_CACHE_SIZE``.
+DEFAULT_FUNCTION_CACHE_SIZE = 64
 
-    def __init__(self) -> None:
-        self._entries: dict[BatchConfig, BatchFunction] = {}
+
+def function_cache_size() -> int:
+    """Most batch functions a model keeps (``AIMZ_FUNCTION_CACHE_SIZE``, default 64;
+    ``0`` or less: no bound), also the most executables one function keeps.
+
+    Example:
+        >>> function_cache_size() >= 0
+        True
+    """
+    raw = os.environ.get("AIMZ_FUNCTION_CACHE_SIZE", "").strip()
+    try:
+        size = int(raw) if raw else DEFAULT_FUNCTION_CACHE_SIZE
+    except ValueError:
+        size = DEFAULT_FUNCTION_CACHE_SIZE
+    return max(0, size)
+
+
+class FunctionCache:
+    """Per-model cache of batch functions keyed by :class:`BatchConfig`.
+
+    Least recently used functions are dropped beyond ``max_entries`` (default
+    :func:`function_cache_size`; ``0``: no bound).
+
+    Example:
+        >>> cache = FunctionCache(max_entries=1)
+        >>> cache.max_entries
+        1
+    """
+
+    def __init__(self, max_entries: int | None = None) -> None:
+        self._entries: OrderedDict[BatchConfig, BatchFunction] = OrderedDict()
+        self.max_entries = function_cache_size() if max_entries is None else max_entries
+        self._lock = threading.Lock()
 
     def get(
         self,
@@ -156,11 +190,17 @@ class FunctionCache:
         layout: DeviceLayout,
     ) -> BatchFunction:
         """Return the cached function for ``config``, building it on first use."""
-        entry = self._entries.get(config)
-        if entry is None:
-            entry = build_batch_function(kernel, config, extras, param_output, layout)
-            self._entries[config] = entry
-        return entry
+        with self._lock:  # building only wraps the kernel: nothing is traced here
+            entry = self._entries.get(config)
+            if entry is None:
+                entry = build_batch_function(kernel, config, extras, param_output, layout)
+                entry.fn.max_executables = self.max_entries
+                self._entries[config] = entry
+                while self.max_entries > 0 and len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+            else:
+                self._entries.move_to_end(config)
+            return entry
 
     def compiled(self) -> int:
         """Number of compiled executables across entries (entries only traced for

@@ -27,7 +27,13 @@ from jax import random
 
 from aimz_core._draws import check_subsample_plates, global_trace
 from aimz_core._posterior import first_draw
-from aimz_core._sizing import auto_batch_size, balanced_batch_size, rows_for_intermediates
+from aimz_core._sizing import (
+    auto_batch_size,
+    balanced_batch_size,
+    bucket_batch_size,
+    row_buckets_enabled,
+    rows_for_intermediates,
+)
 from aimz_core.arguments import KernelArgs, as_jax_tree, streaming_arguments
 from aimz_core.batched import BatchConfig, BatchFunction
 from aimz_core.exceptions import PerformanceWarning
@@ -368,7 +374,9 @@ def plan_call(
     if batch_size is None:
         entry = runner.function(config, bound.extras)
         batch_size = _auto_size(entry, args_for, total, ndev, key, shard_axis == "obs")
-    size = max(ndev, math.ceil(min(batch_size, total) / ndev) * ndev)
+        size = batch_size  # may exceed `total`: rows beyond it are padding
+    else:
+        size = max(ndev, math.ceil(min(batch_size, total) / ndev) * ndev)
     # The chunk convention of the draw path follows the batch size (`config_for`).
     config = runner.config_for(config, size, shard_axis)
     if kind == "loglik" and shard_axis == "obs":
@@ -430,7 +438,9 @@ def _auto_size(
     output.
     """
     probe_size = max(ndev, min(total, ndev))
-    size = auto_batch_size(entry.fn.eval_shape(*args_for(probe_size)), probe_size, total, ndev)
+    shapes = entry.fn.eval_shape(*args_for(probe_size))
+    size = auto_batch_size(shapes, probe_size, total, ndev)
+    cap = auto_batch_size(shapes, probe_size, 2**62, ndev)  # not bounded by the input
     if by_rows and total > ndev:
         measured = []
         for rows in (min(total, max(ndev, 256)), min(total, max(ndev, 2048))):
@@ -438,10 +448,14 @@ def _auto_size(
             one = args_for(rows)
             one_args = (key, first_draw(one[0]), one[2], one[3], one[4])
             measured.extend((entry.draw_bytes(one_args), rows))
-        cap = rows_for_intermediates(*measured)
-        if cap is not None:
-            size = min(size, max(ndev, cap))
-    return balanced_batch_size(size, total, ndev)
+        limit = rows_for_intermediates(*measured)
+        if limit is not None:
+            size, cap = min(size, max(ndev, limit)), min(cap, max(ndev, limit))
+    size = balanced_batch_size(size, total, ndev)
+    # Rows: a few padded sizes, so inputs of many sizes share compiled programs.
+    if by_rows and row_buckets_enabled():
+        return bucket_batch_size(size, total, cap, ndev)
+    return size
 
 
 def _layouts(
