@@ -128,12 +128,6 @@ __all__ = [
     "OutputWarning",
     "PerformanceWarning",
     # aimz-io: reading artifacts back, stores of killed calls, summarizing effects
-    "IncompleteStore",
-    "effect_tree",
-    "format_summary",
-    "list_incomplete",
-    "open_tree",
-    "remove_incomplete",
-    "summarize_effect",
+    *_LAZY_IO,
     "__version__",
 ]
