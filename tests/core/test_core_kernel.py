@@ -144,10 +144,10 @@ def _conflict(X, y=None, z=None):
 @pytest.mark.parametrize(
     ("kernel", "match"),
     [
-        (_slash, r"must not contain '/': a/b"),
-        (_missing_output, r"must define a site named 'y'.*found sites: out"),
-        (_unobserved, r"Output site 'y' must be observed"),
-        (_deterministic_output, r"Output site 'y' must be a `numpyro.sample` site"),
+        (_slash, r"Invalid site names containing '/': \['a/b'\]"),
+        (_missing_output, r"must include a sample or deterministic site named 'y'.*'out'"),
+        (_unobserved, r"'y' must be observed \(i\.e\., defined with `obs=` in the kernel\)"),
+        (_deterministic_output, r"Expected 'y' to have type 'sample', got 'deterministic'"),
         (_conflict, r"Kernel parameters conflict with model sites: z"),
     ],
 )
@@ -167,8 +167,8 @@ def test_body_rejected_when_fitting(kernel, match, data):
 @pytest.mark.parametrize(
     ("kernel", "match"),
     [
-        (_slash, "must not contain '/'"),
-        (_missing_output, "must define a site named 'y'"),
+        (_slash, "Invalid site names containing '/'"),
+        (_missing_output, "must include a sample or deterministic site named 'y'"),
         (_conflict, "conflict with model sites: z"),
     ],
 )

@@ -17,9 +17,9 @@ import numpy as np
 
 from aimz_core.data import check_batch_size
 from aimz_core.exceptions import NotFittedError, OutputWarning
-from aimz_core.kernel import RESERVED_SITE_NAMES
+from aimz_core.kernel import RESERVED_SITE_NAMES, reserved_names_message
 from aimz_core.kernel_spec import KernelSpec
-from aimz_core.recorded_sites import recorded_sites
+from aimz_core.recorded_sites import latent_sites, recorded_sites
 
 
 def not_fitted() -> NotFittedError:
@@ -51,8 +51,9 @@ def validate_posterior_sample(
             sizes or a leading size not divisible by ``num_chains``.
 
     Warns:
-        OutputWarning: If the output site is given (it is removed), or if no known
-            trace of the kernel records a site.
+        OutputWarning: If the output site is given (it is removed), if no known
+            trace of the kernel records a site, or if a latent site a known trace
+            records has no draws (the predictive methods draw it from the prior).
 
     Example:
         >>> out = validate_posterior_sample(
@@ -77,7 +78,7 @@ def validate_posterior_sample(
         samples.pop(param_output)
     reserved = [k for k in samples if k in RESERVED_SITE_NAMES]
     if reserved:
-        raise ValueError(f"Site names {reserved} are reserved for output dimensions.")
+        raise ValueError(reserved_names_message(reserved))
     if not samples:
         raise ValueError("`posterior_sample` cannot be empty.")
     for name, value in samples.items():
@@ -102,6 +103,16 @@ def validate_posterior_sample(
             f"No trace of the kernel records the site(s) {', '.join(map(repr, unknown))} "
             "of `posterior_sample`; they are kept in `posterior`, but the predictive "
             "methods ignore them unless the kernel records them.",
+            OutputWarning,
+            stacklevel=3,
+        )
+    latent = latent_sites(kernel_spec, guide, param_output)
+    missing = sorted(latent - set(samples)) if latent is not None else []
+    if missing:
+        warnings.warn(
+            f"`posterior_sample` has no draws for the latent site(s) "
+            f"{', '.join(map(repr, missing))}; the predictive methods draw them from the "
+            "prior. Include their draws to condition on them.",
             OutputWarning,
             stacklevel=3,
         )

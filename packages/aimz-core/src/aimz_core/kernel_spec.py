@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aimz_core.exceptions import AimzWarning
+from aimz_core.naming import plate_dims
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,14 @@ class KernelSpec:
         return_sites: Default return sites: the output first, then every
             ``deterministic`` site in trace order.
         output_observed: Whether a trace ran with the output observed (fitting).
+        observed_sites: ``sample`` sites some trace saw observed: the output when
+            fitting, and sites given ``obs=`` through other kernel arguments.
+        dims: ``(site, names)`` pairs: the names of the axes of one draw of each
+            ``sample`` and ``deterministic`` site (plate names, else
+            ``<site>_dim_<i>``).
+
+    ``observed_sites`` and ``dims`` describe the sites further; they take no part in
+    comparisons of specs.
 
     Example:
         >>> spec = KernelSpec(True, ("w", "y"), ("y", "mu"), True)
@@ -31,6 +40,8 @@ class KernelSpec:
     sample_sites: tuple[str, ...]
     return_sites: tuple[str, ...]
     output_observed: bool
+    observed_sites: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    dims: tuple[tuple[str, tuple[str, ...]], ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def from_trace(
@@ -43,21 +54,47 @@ class KernelSpec:
         """Build a spec from a NumPyro trace.
 
         Example:
-            >>> tr = {"w": {"type": "sample"}, "mu": {"type": "deterministic"},
-            ...       "y": {"type": "sample"}}
-            >>> KernelSpec.from_trace(tr, param_output="y", with_output=True)
+            >>> import numpy as np
+            >>> tr = {"w": {"type": "sample", "value": np.zeros(2)},
+            ...       "mu": {"type": "deterministic", "value": np.zeros(3)},
+            ...       "y": {"type": "sample", "is_observed": True, "value": np.zeros(3)}}
+            >>> spec = KernelSpec.from_trace(tr, param_output="y", with_output=True)
+            >>> spec
             KernelSpec(traced=True, sample_sites=('w', 'y'), return_sites=('y', 'mu'), output_observed=True)
+            >>> spec.observed_sites, spec.dims_of("w")
+            (('y',), ('w_dim_0',))
         """  # noqa: E501
         sample = tuple(n for n, s in trace.items() if s["type"] == "sample")
         deterministic = tuple(
             n for n, s in trace.items() if s["type"] == "deterministic" and n != param_output
         )
+        import numpy as np  # here: `import aimz_core` loads neither NumPy nor JAX
+
+        from aimz_core._draws import site_dims
+
+        observed = tuple(n for n in sample if trace[n].get("is_observed", False))
+        dims = []
+        for name, site in trace.items():
+            if site["type"] in ("sample", "deterministic") and "value" in site:
+                ndim = len(np.shape(site["value"]))
+                dims.append((name, plate_dims(name, ndim, site_dims(site, ndim))))
         return cls(
             traced=True,
             sample_sites=sample,
             return_sites=(param_output, *deterministic),
             output_observed=with_output,
+            observed_sites=observed,
+            dims=tuple(dims),
         )
+
+    def dims_of(self, site: str) -> tuple[str, ...] | None:
+        """The names of the axes of one draw of ``site`` (``None`` if unknown).
+
+        Example:
+            >>> KernelSpec(True, ("w",), ("y",), False, dims=(("w", ("w_dim_0",)),)).dims_of("w")
+            ('w_dim_0',)
+        """
+        return dict(self.dims).get(site)
 
     def merge(self, newer: KernelSpec) -> KernelSpec:
         """Union of two specs; the newer spec's sites come first.
@@ -73,6 +110,8 @@ class KernelSpec:
             sample_sites=tuple(dict.fromkeys((*newer.sample_sites, *self.sample_sites))),
             return_sites=tuple(dict.fromkeys((*newer.return_sites, *self.return_sites))),
             output_observed=self.output_observed or newer.output_observed,
+            observed_sites=tuple(dict.fromkeys((*newer.observed_sites, *self.observed_sites))),
+            dims=tuple({**dict(self.dims), **dict(newer.dims)}.items()),
         )
 
     def covers(self, with_output: bool) -> bool:
@@ -179,23 +218,33 @@ def describe_sites(
     """Every known site with its kind (``latent``, ``observed`` or ``deterministic``),
     dims and draw shape.
 
+    A ``sample`` site is ``observed`` when it is the output or some trace saw it
+    observed (``obs=`` given through a kernel argument); ``dims`` are the names of
+    the axes of one draw (``None`` for a site no trace has recorded); ``draw_shape``
+    is the shape of one posterior draw (``None`` for sites without draws).
+
     Example:
         >>> import numpy as np
-        >>> spec = KernelSpec(True, ("w", "y"), ("y", "mu"), True)
+        >>> spec = KernelSpec(True, ("w", "y"), ("y", "mu"), True,
+        ...                   dims=(("w", ("w_dim_0",)),))
         >>> describe_sites(spec, {"w": np.zeros((5, 2))}, "y")["w"]
-        {'kind': 'latent', 'dims': None, 'draw_shape': [2]}
+        {'kind': 'latent', 'dims': ['w_dim_0'], 'draw_shape': [2]}
     """
     sites: dict[str, dict[str, Any]] = {}
     if spec is not None:
+        observed = {param_output, *spec.observed_sites}
         for name in spec.sample_sites:
-            kind = "observed" if name == param_output else "latent"
+            kind = "observed" if name in observed else "latent"
             sites[name] = {"kind": kind, "dims": None, "draw_shape": None}
         for name in spec.return_sites:
             if name not in sites:
                 sites[name] = {"kind": "deterministic", "dims": None, "draw_shape": None}
+        for name, entry in sites.items():
+            dims = spec.dims_of(name)
+            entry["dims"] = None if dims is None else list(dims)
     for name, value in (posterior or {}).items():
         entry = sites.setdefault(name, {"kind": "latent", "dims": None})
-        entry["draw_shape"] = list(value.shape[1:])  # arrays (kept free of a NumPy import)
+        entry["draw_shape"] = list(value.shape[1:])
     return sites
 
 
@@ -228,5 +277,6 @@ def ensure_traced(
     if bound is None:
         names = (model.kernel, model.param_input, model.param_output)
         bound = bind_arguments(*names, X, None, dict(kwargs or {}), lazy=True)
-    probe = {k: host_rows(v, 0, 1) for k, v in bound.arrays.items()}
+    # Two rows: a kernel with a lag plate of `n - 1` values cannot run on one.
+    probe = {k: host_rows(v, 0, 2) for k, v in bound.arrays.items()}
     return model._build_kernel_spec({**probe, **bound.extras}, with_output=False)

@@ -94,6 +94,45 @@ def recorded_sites(
     return names if known else None
 
 
+def latent_sites(spec: KernelSpec | None, guide: Any, param_output: str) -> set[str] | None:
+    """Names of the latent ``sample`` sites any known trace of the kernel records.
+
+    A site is latent unless it is the output or some trace saw it observed (as
+    ``obs=`` given through a kernel argument).
+
+    Args:
+        spec: The model's kernel spec (used only once a real trace has happened).
+        guide: The SVI guide, whose prototype trace is a trace of the kernel too.
+        param_output: Name of the output site.
+
+    Returns:
+        The latent site names, or ``None`` when no trace of the kernel is known.
+
+    Example:
+        >>> spec = KernelSpec(True, ("w", "t", "y"), ("y",), True, observed_sites=("t", "y"))
+        >>> sorted(latent_sites(spec, None, "y"))
+        ['w']
+    """
+    names: set[str] = set()
+    observed: set[str] = {param_output}
+    known = False
+    if spec is not None and spec.traced:
+        known = True
+        names.update(spec.sample_sites)
+        observed.update(spec.observed_sites)
+    for part in _guide_parts(guide) if guide is not None else ():
+        trace = getattr(part, "prototype_trace", None)
+        if not isinstance(trace, Mapping):
+            continue
+        known = True
+        for name, site in trace.items():
+            if isinstance(site, Mapping) and site.get("type") == "sample":
+                names.add(str(name))
+                if site.get("is_observed", False):
+                    observed.add(str(name))
+    return names - observed if known else None
+
+
 def drop_guide_only_sites(
     samples: Mapping[str, Any], spec: KernelSpec | None, guide: Any
 ) -> dict[str, Any]:
@@ -113,4 +152,4 @@ def drop_guide_only_sites(
     return {name: value for name, value in samples.items() if name in kernel_sites}
 
 
-__all__ = ["drop_guide_only_sites", "prototype_sites", "recorded_sites"]
+__all__ = ["drop_guide_only_sites", "latent_sites", "prototype_sites", "recorded_sites"]
