@@ -67,14 +67,22 @@ def test_group_selection_prefers_predictions(scenarios):
 
 def test_missing_group_lists_available_groups(scenarios):
     base, intv = scenarios
-    with pytest.raises(ValueError, match=r"missing from the intervention.*posterior_predictive"):
+    with pytest.raises(
+        ValueError,
+        match=r"^Group 'predictions' not found in `dt_intervention`\. Available groups: "
+        r"'posterior_predictive'",
+    ):
         effect_tree(
             tree_from_arrays({"predictions": base}),
             tree_from_arrays({"posterior_predictive": intv}),
             posterior=None,
             num_chains=1,
         )
-    with pytest.raises(ValueError, match=r"available groups: \['posterior'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"^Group 'posterior_predictive' not found in `dt_baseline`\. Available groups: "
+        r"'posterior'\.",
+    ):
         effect_tree(tree_from_arrays({"posterior": base}), intv, posterior=None, num_chains=1)
     with pytest.raises(TypeError, match="DataTree or a dict"):
         effect_tree([1], intv, posterior=None, num_chains=1)
@@ -83,13 +91,21 @@ def test_missing_group_lists_available_groups(scenarios):
 def test_size_mismatch_warns_and_joins(scenarios):
     base, intv = scenarios
     short = {"y": intv["y"][:, :3], "extra": intv["y"]}
-    with pytest.warns(OutputWarning, match=r"'y_dim_0' has size 5 .* 3 .*\['extra', 'mu'\]"):
+    with (
+        pytest.warns(
+            OutputWarning,
+            match=r"^Baseline and intervention have different dimension sizes in group "
+            r"'posterior_predictive': \{'chain': 1, 'draw': 8, 'y_dim_0': 5\} vs "
+            r"\{'chain': 1, 'draw': 8, 'y_dim_0': 3\}\.",
+        ),
+        pytest.warns(OutputWarning, match=r"\['extra', 'mu'\] are in only one"),
+    ):
         effect = effect_tree(base, short, posterior=None, num_chains=1)
     assert list(effect["posterior_predictive"].data_vars) == ["y"]
     np.testing.assert_allclose(
         effect["posterior_predictive"]["y"].values[0], intv["y"][:, :3] - base["y"][:, :3]
     )
-    with pytest.warns(OutputWarning, match="unpaired draws"):
+    with pytest.warns(OutputWarning, match="Unpaired draws: .draw. differs in size"):
         effect_tree(base, {k: v[:6] for k, v in intv.items()}, posterior=None, num_chains=1)
 
 
@@ -97,7 +113,9 @@ def test_different_posteriors_warn(scenarios, rng):
     base, intv = scenarios
     tree_b = tree_from_arrays({"posterior": {"w": np.zeros((8, 2))}, "predictions": base})
     tree_i = tree_from_arrays({"posterior": {"w": np.ones((8, 2))}, "predictions": intv})
-    with pytest.warns(OutputWarning, match="different posteriors"):
+    with pytest.warns(
+        OutputWarning, match=r"^Baseline and intervention have different posterior samples\."
+    ):
         effect = effect_tree(tree_b, tree_i, posterior=None, num_chains=1)
     assert float(effect["posterior"]["w"].sum()) == 0.0
 

@@ -25,7 +25,13 @@ from aimz_io.datatree import (
     dataset_from_arrays,
     make_dataset,
 )
-from aimz_io.lazy_arrays import ChainDrawArray, chunked, has_dask, lazily_indexed
+from aimz_io.lazy_arrays import (
+    ChainDrawArray,
+    chain_draw_chunks,
+    chunked,
+    has_dask,
+    lazily_indexed,
+)
 from aimz_io.provenance import base_attrs, path_attrs, utc_now
 
 #: Group attribute written last by a successful commit.
@@ -249,17 +255,4 @@ def _lazy_data(array: Any, num_chains: int, path: Path | None) -> Any:
     reader = ChainDrawArray(array, num_chains, path)
     if not has_dask():
         return lazily_indexed(reader)
-    return chunked(reader, _dask_chunks(reader.shape, tuple(array.chunks)))
-
-
-def _dask_chunks(shape: tuple[int, ...], disk_chunks: tuple[int, ...]) -> tuple[int, ...]:
-    """Dask chunks for ``(chain, draw, ...)`` that follow the flattened disk chunks."""
-    chains, draws = shape[:2]
-    step = disk_chunks[0]
-    if step >= chains * draws:
-        lead = (chains, draws)
-    elif step >= draws:
-        lead = (max(1, step // draws), draws)
-    else:
-        lead = (1, step)
-    return (*lead, *disk_chunks[1:])
+    return chunked(reader, chain_draw_chunks(reader.shape, tuple(array.chunks)))

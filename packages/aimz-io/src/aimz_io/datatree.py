@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 from aimz_core.exceptions import OutputWarning
-from aimz_core.naming import default_dims
+from aimz_core.naming import default_dim, default_dims
+from aimz_core.streaming.sinks import POSTERIOR_ATTR, posterior_digest
 
 from aimz_io.provenance import base_attrs
 
@@ -52,10 +53,13 @@ def resolve_dims(
     """Choose dim names for the sites of one group.
 
     A site uses its requested dims when there is one name per axis, the names are
-    unique, avoid ``chain``/``draw`` and agree in size with the dims already taken by
-    earlier sites. Otherwise it falls back to ``<site>_dim_<i>`` with an
-    :class:`~aimz_core.exceptions.OutputWarning`. Sites without requested dims
-    fall back silently.
+    unique, avoid ``chain``/``draw`` and the group's site names, and agree in size
+    with the dims already taken by earlier sites. Otherwise it falls back to
+    ``<site>_dim_<i>`` with an :class:`~aimz_core.exceptions.OutputWarning`. Sites
+    without requested dims, or whose requested dims are those defaults, fall back
+    silently. A default name taken by a site of the group (a site named
+    ``mu_dim_0`` next to ``mu``) or by a dim of another size gets ``_`` appended
+    until it is free, so building the group never fails on names.
 
     Args:
         shapes: Site name to the shape *after* the draw axis.
@@ -67,34 +71,55 @@ def resolve_dims(
     Example:
         >>> resolve_dims({"y": (3,), "w": (2,)}, {"y": ("obs",)})
         {'y': ('obs',), 'w': ('w_dim_0',)}
+        >>> resolve_dims({"mu": (3,), "mu_dim_0": (3,)})
+        {'mu': ('mu_dim_0_',), 'mu_dim_0': ('mu_dim_0_dim_0',)}
     """
     dims = dims or {}
+    variables = set(shapes)
     sizes: dict[str, int] = {}
     resolved: dict[str, tuple[str, ...]] = {}
     for site, shape in shapes.items():
         shape = tuple(shape)
-        fallback = default_dims(site, len(shape))
         wanted = dims.get(site)
-        candidate = tuple(wanted) if wanted is not None else fallback
-        problem = _dims_problem(candidate, shape, sizes)
-        if problem and wanted is not None:
-            warnings.warn(
-                f"Site {site!r}: dims {candidate} cannot be used ({problem}); "
-                f"using {fallback} instead.",
-                OutputWarning,
-                stacklevel=2,
-            )
+        candidate = tuple(wanted) if wanted is not None else None
+        problem = None
+        if candidate is not None:
+            problem = _dims_problem(candidate, shape, sizes, variables)
+        if candidate is None or problem:
+            fallback = _free_defaults(site, shape, sizes, variables)
+            if problem and candidate != default_dims(site, len(shape)):
+                warnings.warn(
+                    f"Site {site!r}: dims {candidate} cannot be used ({problem}); "
+                    f"using {fallback} instead.",
+                    OutputWarning,
+                    stacklevel=2,
+                )
             candidate = fallback
-            problem = _dims_problem(candidate, shape, sizes)
-        if problem:
-            raise ValueError(f"Site {site!r}: fallback dims {candidate} clash ({problem}).")
         sizes.update(zip(candidate, shape, strict=True))
         resolved[site] = candidate
     return resolved
 
 
+def _free_defaults(
+    site: str, shape: tuple[int, ...], sizes: Mapping[str, int], variables: set[str]
+) -> tuple[str, ...]:
+    """``<site>_dim_<i>`` names, each made free of site names and differently sized dims."""
+    names: list[str] = []
+    for axis, size in enumerate(shape):
+        name = default_dim(site, axis)
+        while (
+            name in variables
+            or name in RESERVED_DIMS
+            or name in names
+            or sizes.get(name, size) != size
+        ):
+            name += "_"
+        names.append(name)
+    return tuple(names)
+
+
 def _dims_problem(
-    names: tuple[str, ...], shape: tuple[int, ...], sizes: Mapping[str, int]
+    names: tuple[str, ...], shape: tuple[int, ...], sizes: Mapping[str, int], variables: set[str]
 ) -> str | None:
     if len(names) != len(shape):
         return f"{len(names)} names for {len(shape)} axes"
@@ -102,6 +127,8 @@ def _dims_problem(
         return "repeated names"
     if reserved := set(names) & set(RESERVED_DIMS):
         return f"reserved name {sorted(reserved)[0]!r}"
+    if taken := set(names) & variables:
+        return f"{sorted(taken)[0]!r} is also a site name"
     for name, size in zip(names, shape, strict=True):
         if sizes.get(name, size) != size:
             return f"dim {name!r} has size {sizes[name]} in another site, {size} here"
@@ -224,7 +251,8 @@ def tree_from_arrays(
 
     Returns:
         A DataTree named ``"root"``; root and groups carry ``created_at``,
-        ``aimz_version`` and ``num_chains`` (plus ``attrs``).
+        ``aimz_version`` and ``num_chains`` (plus ``attrs``), and, with a
+        ``posterior`` group, the ``posterior_digest`` of its samples.
 
     Example:
         >>> import numpy as np
@@ -236,6 +264,8 @@ def tree_from_arrays(
         {'chain': 2, 'draw': 2, 'obs': 3}
     """
     common = {**dict(attrs or {}), **base_attrs(num_chains)}
+    if "posterior" in groups and POSTERIOR_ATTR not in common:
+        common[POSTERIOR_ATTR] = posterior_digest(groups["posterior"])
     datasets = {
         name: dataset_from_arrays(arrays, num_chains=num_chains, dims=dims, attrs=common)
         for name, arrays in groups.items()

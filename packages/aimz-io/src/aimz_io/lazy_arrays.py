@@ -39,6 +39,25 @@ def chunked(array: BackendArray, chunks: tuple[int, ...]) -> Any:
     return xr.Variable(dims, lazily_indexed(array)).chunk(chunks).data
 
 
+def chain_draw_chunks(shape: tuple[int, ...], flat_chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """Dask chunks for ``(chain, draw, ...)`` that follow the chunks of the flattened
+    ``(chain * draw, ...)`` array (its chunks on disk, or its batches in memory).
+
+    Example:
+        >>> chain_draw_chunks((2, 6, 10), (4, 5))
+        (1, 4, 5)
+    """
+    chains, draws = shape[:2]
+    step = flat_chunks[0]
+    if step >= chains * draws:
+        lead = (chains, draws)
+    elif step >= draws:
+        lead = (max(1, step // draws), draws)
+    else:
+        lead = (1, step)
+    return (*lead, *flat_chunks[1:])
+
+
 def _positions(key: Any, size: int) -> np.ndarray:
     return np.arange(size)[key]
 

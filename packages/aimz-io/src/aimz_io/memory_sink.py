@@ -1,21 +1,39 @@
-"""The memory sink: collect blocks in preallocated arrays, return an in-memory tree."""
+"""The memory sink: collect blocks in preallocated arrays, return a tree over them.
+
+The tree is the same kind as the persistent sink's: with Dask installed its
+variables are Dask arrays chunked by batch (over the arrays in memory), otherwise
+NumPy arrays.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import xarray as xr
-from aimz_core.streaming import Sink, StreamInfo
+from aimz_core.streaming import Sink, SiteLayout, StreamInfo
+from aimz_core.streaming.sinks import output_attrs
 
-from aimz_io.datatree import assemble_tree, dataset_from_arrays, storage_dtype
+from aimz_io.datatree import (
+    assemble_tree,
+    dataset_from_arrays,
+    make_dataset,
+    resolve_dims,
+    split_chains,
+    storage_dtype,
+)
+from aimz_io.lazy_arrays import chain_draw_chunks, has_dask
 from aimz_io.provenance import base_attrs
-from aimz_io.regions import block_region
+from aimz_io.regions import block_region, stream_chunk
 
 
 class MemoryTreeSink(Sink):
     """Keeps every site in a preallocated NumPy array; writes nothing to disk.
 
     ``commit`` returns a DataTree (``posterior`` first when the model has one, then
-    the call's group) without ``output_dir`` / ``artifact_path`` attributes.
+    the call's group) without ``output_dir`` / ``artifact_path`` attributes. Like
+    the persistent tree, the group's variables are Dask arrays chunked by batch
+    along the streamed axis when Dask is installed (NumPy arrays otherwise).
 
     Example:
         >>> from aimz_core.streaming import SiteLayout, StreamInfo
@@ -68,8 +86,7 @@ class MemoryTreeSink(Sink):
             self.abort()
             raise RuntimeError(f"Incomplete output: {'; '.join(missing)}.")
         self.abort()
-        attrs = {**info.attrs, **base_attrs(info.num_chains)}
-        dims = {name: layout.dims for name, layout in info.sites.items()}
+        attrs = {**output_attrs(info), **base_attrs(info.num_chains)}
         groups = {}
         if info.posterior:
             groups["posterior"] = dataset_from_arrays(
@@ -78,12 +95,39 @@ class MemoryTreeSink(Sink):
                 dims=info.posterior_dims,
                 attrs=attrs,
             )
-        groups[info.group] = dataset_from_arrays(
-            arrays, num_chains=info.num_chains, dims=dims, attrs=attrs
+        dims = resolve_dims(
+            {name: layout.shape[1:] for name, layout in info.sites.items()},
+            {name: layout.dims for name, layout in info.sites.items()},
         )
+        split = {
+            name: batch_chunked(split_chains(arrays[name], info.num_chains), layout)
+            for name, layout in info.sites.items()
+        }
+        groups[info.group] = make_dataset(split, dims, attrs)
         return assemble_tree(groups, attrs)
 
     def abort(self) -> None:
         """Drop the partial arrays. Idempotent."""
         self._arrays = None
         self._written = {}
+
+
+def batch_chunked(array: np.ndarray, layout: SiteLayout) -> Any:
+    """``array`` (shaped ``(chain, draw, ...)``) as a Dask array chunked by the
+    batches of ``layout`` along its streamed axis; unchanged without Dask.
+
+    Example:
+        >>> from aimz_core.streaming import SiteLayout
+        >>> layout = SiteLayout("y", (4, 10), np.dtype("float32"), 1, 4, ("obs",))
+        >>> data = batch_chunked(np.zeros((1, 4, 10), "float32"), layout)
+        >>> data.shape
+        (1, 4, 10)
+    """
+    if not has_dask():
+        return array
+    import dask.array as da
+
+    flat = [max(1, size) for size in layout.shape]
+    flat[layout.stream_axis] = stream_chunk(layout)
+    # `name=False`: a random name, instead of hashing the whole array.
+    return da.from_array(array, chunks=chain_draw_chunks(array.shape, tuple(flat)), name=False)

@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 import zarr
 from aimz_core.streaming import Sink, SiteLayout, StreamInfo
+from aimz_core.streaming.sinks import output_attrs
 from zarr.codecs import BloscCodec
 
 from aimz_io.artifact import COMPLETE_ATTR, PLAN_ATTR, create_call_dir, tree_from_store
@@ -282,9 +283,11 @@ class ZarrSink(Sink):
 
 
 def store_attrs(info: StreamInfo) -> dict[str, Any]:
-    """Group attributes of a call's store (all but the completion marker)."""
+    """Group attributes of a call's store (all but the completion marker): the
+    call's attributes (pairing and posterior digest, see
+    :func:`~aimz_core.streaming.sinks.output_attrs`), provenance, group and caller."""
     return {
-        **info.attrs,
+        **output_attrs(info),
         **base_attrs(info.num_chains),
         "group": info.group,
         "caller": info.caller,

@@ -11,11 +11,83 @@ either committed (the result is complete) or aborted (nothing partial survives).
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+#: Attributes of an output group that decide whether the draws of two outputs are
+#: paired: draw ``d`` of both used the same key (``"draw"`` path), or, on the
+#: ``"obs"`` path, the same key per batch of the same rows on as many devices.
+PAIRING_ATTRS = ("rng_key", "shard_axis", "num_devices", "batch_size")
+#: Attribute with the :func:`posterior_digest` of the posterior an output was drawn from.
+POSTERIOR_ATTR = "posterior_digest"
+#: Bytes of each posterior site hashed by :func:`posterior_digest` (evenly spaced).
+DIGEST_BYTES = 2**24
+
+
+def pairing_attrs(
+    rng_key: Any,
+    *,
+    shard_axis: str,
+    num_devices: int | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """The :data:`PAIRING_ATTRS` of one call, JSON-serializable.
+
+    Args:
+        rng_key: The call's key: a typed JAX key, raw key data or a list of ints.
+        shard_axis: ``"obs"`` or ``"draw"`` (on-batch calls run the ``"draw"`` way).
+        num_devices: Devices the batches were split over (``None``: not recorded).
+        batch_size: Padded batch length along the streamed axis (``None``: not recorded).
+
+    Returns:
+        ``{"rng_key": [ints], "shard_axis": ..., ...}`` without the ``None`` entries.
+
+    Example:
+        >>> pairing_attrs([0, 7], shard_axis="obs", num_devices=1, batch_size=32)
+        {'rng_key': [0, 7], 'shard_axis': 'obs', 'num_devices': 1, 'batch_size': 32}
+    """
+    dtype = getattr(rng_key, "dtype", None)
+    if dtype is not None and not isinstance(dtype, np.dtype):
+        import jax  # only for typed keys; the sink types import no JAX
+
+        rng_key = jax.random.key_data(rng_key)
+    attrs: dict[str, Any] = {
+        "rng_key": [int(v) for v in np.asarray(rng_key).ravel()],
+        "shard_axis": str(shard_axis),
+    }
+    if num_devices is not None:
+        attrs["num_devices"] = int(num_devices)
+    if batch_size is not None:
+        attrs["batch_size"] = int(batch_size)
+    return attrs
+
+
+def posterior_digest(posterior: Mapping[str, Any]) -> str:
+    """A short digest of posterior samples: equal for the same samples, so two
+    outputs tell whether they were drawn from the same posterior.
+
+    Sites up to :data:`DIGEST_BYTES` are hashed whole; larger ones through evenly
+    spaced values (a refit changes them all), so the cost stays bounded.
+
+    Example:
+        >>> a = posterior_digest({"w": np.zeros((4, 2))})
+        >>> a == posterior_digest({"w": np.zeros((4, 2))}), a == posterior_digest(
+        ...     {"w": np.ones((4, 2))})
+        (True, False)
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(posterior):
+        array = np.asarray(posterior[name])
+        h.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        flat = array.reshape(-1)
+        step = max(1, -(-flat.nbytes // DIGEST_BYTES))
+        h.update(np.ascontiguousarray(flat[::step]).tobytes())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -54,7 +126,9 @@ class StreamInfo:
         posterior: Posterior samples of the model as host arrays with a flattened
             leading draw axis (empty when the model has none).
         posterior_dims: Dim names (after the draw axis) of each posterior site.
-        attrs: Extra attributes to record on the output (JSON-serializable).
+        attrs: Extra attributes to record on the output (JSON-serializable), such
+            as the call's :data:`PAIRING_ATTRS`. Sinks add :data:`POSTERIOR_ATTR`
+            when ``posterior`` is not empty (see :func:`output_attrs`).
     """
 
     group: str
@@ -64,6 +138,21 @@ class StreamInfo:
     posterior: dict[str, np.ndarray] = field(default_factory=dict)
     posterior_dims: dict[str, tuple[str, ...]] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def output_attrs(info: StreamInfo) -> dict[str, Any]:
+    """The attributes a sink records on the output of ``info``: ``info.attrs`` and
+    the :func:`posterior_digest` of its posterior (when it has one).
+
+    Example:
+        >>> info = StreamInfo("predictions", "predict", 1, {}, attrs={"batch_size": 4})
+        >>> output_attrs(info)
+        {'batch_size': 4}
+    """
+    attrs = dict(info.attrs)
+    if info.posterior and POSTERIOR_ATTR not in attrs:
+        attrs[POSTERIOR_ATTR] = posterior_digest(info.posterior)
+    return attrs
 
 
 class Sink(ABC):
