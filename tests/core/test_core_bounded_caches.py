@@ -24,7 +24,7 @@ def _compiled(model) -> int:
 
 
 def test_distinct_small_sizes_share_a_few_programs(monkeypatch):
-    """With AIMZ_ROW_BUCKETS=1, 30 requests of 5..34 rows compile at most 4 row
+    """With row buckets (the default), 30 requests of 5..34 rows compile at most 4 row
     buckets (8, 16, 32, 64), not one program per row count; results are the
     unpadded ones."""
     monkeypatch.setenv("AIMZ_ROW_BUCKETS", "1")
@@ -67,20 +67,30 @@ def test_explicit_batch_size_is_not_bucketed():
     assert (5, 2) in shapes and (8, 2) not in shapes  # the rows of X: not padded
 
 
-def test_row_buckets_are_off_by_default(monkeypatch):
-    """Padding would change what a kernel computing across rows sees: opt-in only."""
-    monkeypatch.delenv("AIMZ_ROW_BUCKETS", raising=False)
-    model = fitted_linreg(num_draws=10)
-    for n in (5, 6, 7):
-        X = np.ones((n, 2), np.float32)
-        model.predict(X, return_datatree=False, store="memory", progress=False)
-    shapes = {
-        leaf[0]
-        for e in model._functions._entries.values()
-        for sig in e.fn._compiled
-        for leaf in sig[1]
-    }
-    assert {(5, 2), (6, 2), (7, 2)} <= shapes and (8, 2) not in shapes
+def test_row_buckets_are_on_by_default_and_can_be_turned_off(monkeypatch):
+    """Kernels that compute across rows stream draws (see test_core_row_dependence),
+    so padding is safe and on by default; AIMZ_ROW_BUCKETS=0 turns it off."""
+
+    def shapes_after(env: str | None) -> set:
+        if env is None:
+            monkeypatch.delenv("AIMZ_ROW_BUCKETS", raising=False)
+        else:
+            monkeypatch.setenv("AIMZ_ROW_BUCKETS", env)
+        model = fitted_linreg(num_draws=10)
+        for n in (5, 6, 7):
+            X = np.ones((n, 2), np.float32)
+            model.predict(X, return_datatree=False, store="memory", progress=False)
+        return {
+            leaf[0]
+            for e in model._functions._entries.values()
+            for sig in e.fn._compiled
+            for leaf in sig[1]
+        }
+
+    on = shapes_after(None)
+    assert (8, 2) in on and not {(5, 2), (6, 2), (7, 2)} & on
+    off = shapes_after("0")
+    assert {(5, 2), (6, 2), (7, 2)} <= off and (8, 2) not in off
 
 
 def test_bucket_keeps_batch_count():

@@ -247,10 +247,11 @@ def test_streaming_return_sites(svi_model, data):
     )
     assert set(out) == {"mu"}
     assert svi_model.predict(X, **_stream_kwargs(batch_size=OBS_BATCH, return_sites=[])) == {}
-    # a global site cannot be streamed along observations ...
-    with pytest.raises(NotImplementedError, match="axis-1 size to match the input batch size"):
-        svi_model.predict(X, **_stream_kwargs(batch_size=OBS_BATCH, return_sites=["w", "y"]))
-    # ... but it can along draws, where it is the substituted posterior
+    # a global site cannot be streamed along observations: the call streams draws ...
+    with pytest.warns(PerformanceWarning, match=r"Return site\(s\) 'w' have no observation axis"):
+        out = svi_model.predict(X, **_stream_kwargs(batch_size=OBS_BATCH, return_sites=["w", "y"]))
+    np.testing.assert_array_equal(out["w"], _posterior(svi_model)["w"])
+    # ... where it is the substituted posterior
     out = svi_model.predict(
         X, shard_axis="draw", **_stream_kwargs(batch_size=DRAW_BATCH, return_sites=["w"])
     )
@@ -271,8 +272,9 @@ def test_streaming_intervention_and_condition(svi_model, data):
         X, intervention={"b": 100.0}, rng_key=KEY, **_stream_kwargs(batch_size=OBS_BATCH)
     )
     assert_close_float(out["mu"], ref["mu"])  # other compiled program: float tolerance
-    # an observation-aligned condition needs the whole input: it reruns on the draw path
-    with pytest.warns(PerformanceWarning, match="`condition` has observation-level values"):
+    # an observation-aligned condition is sliced per batch like X (issue 14 item 7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerformanceWarning)
         out = svi_model.predict(
             X,
             intervention={"b": 100.0},
@@ -282,7 +284,7 @@ def test_streaming_intervention_and_condition(svi_model, data):
         )
     # same draws; float rounding may differ between compiled batch shapes
     assert_sites_close(out, ref)
-    # ... unless the automatic batch holds the whole input
+    # ... also when the automatic batch holds the whole input
     with warnings.catch_warnings():
         warnings.simplefilter("error", PerformanceWarning)
         out = svi_model.predict(X, condition={"y": y}, **_stream_kwargs())
@@ -407,7 +409,10 @@ def test_obs_level_posterior_falls_back_to_draw(data):
     ref = model.predict_on_batch(X, rng_key=KEY, return_sites=["mu", "y"], return_datatree=False)
     np.testing.assert_allclose(ref["mu"], expected, rtol=1e-5, atol=1e-5)
 
-    with pytest.warns(PerformanceWarning, match=r"observation-level.*rerunning with `shard_axis"):
+    with pytest.warns(
+        PerformanceWarning,
+        match=r"are as long as the number of observations.*rerunning with `shard_axis",
+    ):
         out = model.predict(
             X, rng_key=KEY, return_sites=["mu", "y"], **_stream_kwargs(batch_size=OBS_BATCH)
         )
@@ -418,7 +423,7 @@ def test_obs_level_posterior_falls_back_to_draw(data):
         warnings.simplefilter("error", PerformanceWarning)
         whole = model.predict(X, rng_key=KEY, return_sites=["mu"], **_stream_kwargs())
     np.testing.assert_allclose(whole["mu"], expected, rtol=1e-5, atol=1e-5)
-    with pytest.warns(PerformanceWarning, match="observation-level"):
+    with pytest.warns(PerformanceWarning, match="are as long as the number of observations"):
         ll = model.log_likelihood(X, X[:, 1], **_stream_kwargs(batch_size=OBS_BATCH))
     np.testing.assert_allclose(
         ll["y"], _normal_logpdf(X[:, 1], expected, 1.0), rtol=1e-5, atol=1e-4
@@ -450,11 +455,13 @@ def test_loader_errors(svi_model, data):
     before = key_data(svi_model.rng_key)
     with pytest.raises(TypeError, match="`y` must be `None` when `X` is already a data loader"):
         svi_model.log_likelihood(loader, y, **_stream_kwargs())
-    with pytest.raises(ValueError, match="must provide a field named 'X'"):
+    with pytest.raises(
+        ValueError, match="The data loader has no field named 'X' for the model input"
+    ):
         svi_model.predict(ArrayLoader(ArrayDataset(inputs=X), KEY), **_stream_kwargs())
     with pytest.raises(ValueError, match="Array keyword arguments are not supported alongside"):
         svi_model.predict(loader, z=np.zeros(len(X)), **_stream_kwargs())
-    with pytest.raises(TypeError, match="`shard_axis='draw'` needs an array-like input"):
+    with pytest.raises(TypeError, match="`shard_axis='draw'` replicates the whole input"):
         svi_model.predict(loader, shard_axis="draw", **_stream_kwargs())
     with pytest.raises(ValueError, match="yielded no batches"):
         svi_model.predict(iter([]), **_stream_kwargs())

@@ -19,12 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aimz_core._scenarios import check_scenario, run_scenario
+from aimz_core._row_dependence import check_posterior_rows
+from aimz_core._scenarios import estimate
 from aimz_core.arguments import as_jax_tree, check_aligned
 from aimz_core.backend import io_backend
 from aimz_core.batched import BatchConfig
 from aimz_core.data import check_batch_size
 from aimz_core.kernel_spec import check_handler_sites
+from aimz_core.naming import without_reserved_dims
+from aimz_core.streaming.axis import kernel_rows
 from aimz_core.streaming.loop import run_plan
 from aimz_core.streaming.options import ShardAxis, Store, StreamOptions, streamed
 from aimz_core.streaming.plan import StreamPlan, plan_call, resolve_inputs
@@ -69,6 +72,10 @@ class PredictiveMethods:
         check_handler_sites(self._kernel_spec, cond, "condition")
         if not sites:  # `return_sites=[]`: no sites, no work, the key stays
             return {}, {}
+        if post:  # per-row posterior sites must fit the batch's rows
+            rows = kernel_rows(self._runner(), self.rng_key, bound)
+            n_rows = int(arrays[self._param_input].shape[0])
+            check_posterior_rows(self._host_posterior(), rows, n_rows)
         key = self._next_key(rng_key)
         config = BatchConfig(
             kind=kind,
@@ -93,7 +100,10 @@ class PredictiveMethods:
         if self._posterior:
             groups["posterior"] = self._host_posterior()
         groups[group] = out
-        return io_backend().tree_from_arrays(groups, num_chains=self._num_chains, dims=dims)
+        # Prior draws form one chain, whatever the posterior's chain layout.
+        chains = 1 if group == "prior_predictive" else self._num_chains
+        dims = without_reserved_dims(dims, stacklevel=3)
+        return io_backend().tree_from_arrays(groups, num_chains=chains, dims=dims)
 
     def predict_on_batch(
         self,
@@ -495,10 +505,20 @@ class PredictiveMethods:
             installed.
 
         Raises:
-            ValueError: When a scenario has neither output nor arguments, or its
+            ValueError: When a scenario has neither output nor arguments, its
                 arguments are refused by :meth:`predict` (or
-                :meth:`predict_on_batch`). Both scenarios are checked before either
-                runs, so a refused call writes nothing and leaves the key unchanged.
+                :meth:`predict_on_batch`), or an output lacks the compared group.
+                Both scenarios (and the precomputed outputs) are checked before
+                either runs, so a refused call writes nothing and leaves the key
+                unchanged.
+
+        Warns:
+            OutputWarning: When the draws of the two scenarios are not paired: their
+                outputs record different ``rng_key``, ``shard_axis`` or (on the
+                ``"obs"`` path) ``batch_size`` / ``num_devices`` attributes, or were
+                drawn from different posteriors (the model was refit in between);
+                also when dimension sizes or coordinate labels differ. Dim names
+                that differ for the same axes are reconciled (the baseline's win).
 
         Example:
             >>> from aimz_core.testing import fitted_linreg, linreg_data
@@ -510,48 +530,13 @@ class PredictiveMethods:
             >>> float(effect["posterior_predictive"]["y"].mean())
             1.0
         """
-        scenarios = (
-            ("baseline", output_baseline, args_baseline),
-            ("intervention", output_intervention, args_intervention),
-        )
-        shared_key = None
-        if output_baseline is None or output_intervention is None:
-            self._check_fitted()
-            # Check every scenario to run before either runs or a key is drawn.
-            for name, out, args in scenarios:
-                if out is None:
-                    if args is None:
-                        raise ValueError(
-                            f"Either `output_{name}` or `args_{name}` must be provided."
-                        )
-                    if not isinstance(args, Mapping):
-                        raise TypeError(f"`args_{name}` must be a dict of predict arguments.")
-                    check_scenario(self, args, on_batch)
-            explicit = [a for a in (args_baseline, args_intervention) if a and "rng_key" in a]
-            if not explicit:
-                shared_key = self._next_key(None)
-        outputs = []
-        for _, out, args in scenarios:
-            if out is None:
-                out = run_scenario(self, args, shared_key, on_batch)
-            outputs.append(out)
-        baseline, intervention = outputs
-        if isinstance(baseline, Mapping) and isinstance(intervention, Mapping):
-            try:
-                backend = io_backend()
-            except ImportError:
-                return {k: np.asarray(intervention[k]) - np.asarray(baseline[k]) for k in baseline}
-        else:
-            backend = io_backend()
-        in_sample = all(
-            (args or {}).get("in_sample", True) for args in (args_baseline, args_intervention)
-        )
-        return backend.effect_tree(
-            baseline,
-            intervention,
-            posterior=self._host_posterior() or None,
-            num_chains=self._num_chains,
-            group="posterior_predictive" if in_sample else "predictions",
+        return estimate(
+            self,
+            output_baseline,
+            output_intervention,
+            args_baseline,
+            args_intervention,
+            on_batch=on_batch,
         )
 
 

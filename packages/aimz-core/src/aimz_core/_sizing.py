@@ -190,16 +190,18 @@ MIN_BUCKET_ROWS = 8
 
 
 def row_buckets_enabled() -> bool:
-    """Whether automatic row batches are rounded up to buckets (``AIMZ_ROW_BUCKETS=1``).
+    """Whether automatic row batches are rounded up to buckets (default; turn it off
+    with ``AIMZ_ROW_BUCKETS=0``).
 
-    Off by default: padding rows changes what a kernel that computes across rows
-    (a mean over rows, a scan) sees, and that is not detected yet.
+    Padding rows would change what a kernel that computes across rows (a mean over
+    rows, a scan) sees; such kernels are detected before planning and stream draws
+    instead (:mod:`aimz_core.streaming.axis`), so they never see padding.
 
     Example:
         >>> isinstance(row_buckets_enabled(), bool)
         True
     """
-    return os.environ.get("AIMZ_ROW_BUCKETS", "0").strip().lower() in ("1", "true", "yes")
+    return os.environ.get("AIMZ_ROW_BUCKETS", "1").strip().lower() not in ("0", "false", "no")
 
 
 def bucket_batch_size(size: int, total: int, cap: int, num_devices: int) -> int:

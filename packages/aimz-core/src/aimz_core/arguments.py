@@ -228,7 +228,8 @@ def streaming_arguments(
             loader_batch = len(next(iter(batches[0].values())))
         if param_input not in fields:
             raise ValueError(
-                f"The data loader must provide a field named {param_input!r}; got {sorted(fields)}."
+                f"The data loader has no field named {param_input!r} for the model input. "
+                f"Its fields: {sorted(fields)}."
             )
         X_f = fields.pop(param_input)
         y_f = fields.pop(param_output, None)

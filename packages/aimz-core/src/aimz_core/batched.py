@@ -15,6 +15,7 @@ from jax import random
 from aimz_core._draws import forward_draw, loglik_draw
 from aimz_core._jit_cache import PersistentJit, call_signature
 from aimz_core._posterior import take_draws
+from aimz_core._row_dependence import split_row_handlers
 from aimz_core._sizing import per_draw_bytes
 from aimz_core.sharding import DeviceLayout, shard_draws, shard_obs
 
@@ -38,6 +39,8 @@ class BatchConfig:
             batch. The function then takes the whole posterior and the chunk's first
             draw, ``f(post, (key, start), ...)``, and gathers the chunk itself, so no
             chunk-sized copy of the posterior is made per batch.
+        plate_modes: How ``"loglik"`` evaluates subsampling plates: ``(plate, mode)``
+            pairs (see :class:`~aimz_core._draws.SubsamplePlates`).
     """
 
     kind: Kind
@@ -48,6 +51,7 @@ class BatchConfig:
     draw_block: int | None = None
     sharded: bool = True
     chunk: int | None = None
+    plate_modes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -86,9 +90,19 @@ def build_batch_function(
     dims: dict[str, dict[int, str]] = {}
 
     def one(key, draw, arrays, intervention, condition):
+        # Per-row `do` / `condition` values ride with the rows (sliced like `X`).
+        arrays, intervention, condition = split_row_handlers(arrays, intervention, condition)
         args = {**arrays, **extras}
         if config.kind == "loglik":
-            return loglik_draw(kernel, key, draw, args, param_output=param_output, dims_out=dims)
+            return loglik_draw(
+                kernel,
+                key,
+                draw,
+                args,
+                param_output=param_output,
+                dims_out=dims,
+                plate_modes=config.plate_modes,
+            )
         return forward_draw(
             kernel,
             key,
@@ -180,6 +194,9 @@ class FunctionCache:
         self._entries: OrderedDict[BatchConfig, BatchFunction] = OrderedDict()
         self.max_entries = function_cache_size() if max_entries is None else max_entries
         self._lock = threading.Lock()
+        #: Planning results that depend only on the kernel and the call's structure
+        #: (see :func:`~aimz_core.streaming.axis.choose_axis`), bounded like the functions.
+        self.memo: OrderedDict[Any, Any] = OrderedDict()
 
     def get(
         self,
@@ -207,9 +224,23 @@ class FunctionCache:
         planning, such as the unblocked twin of a blocked function, count 0)."""
         return sum(entry.fn._cache_size() for entry in self._entries.values())
 
+    def remember(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, memoised under ``key`` (least recently used dropped)."""
+        with self._lock:
+            if key in self.memo:
+                self.memo.move_to_end(key)
+                return self.memo[key]
+        value = compute()  # may trace the kernel: not under the cache's lock
+        with self._lock:
+            self.memo[key] = value
+            while self.max_entries > 0 and len(self.memo) > self.max_entries:
+                self.memo.popitem(last=False)
+        return value
+
     def clear(self) -> None:
         """Forget every compiled function."""
         self._entries.clear()
+        self.memo.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

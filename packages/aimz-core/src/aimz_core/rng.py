@@ -50,8 +50,8 @@ def coerce_key(key: object, name: str = "rng_key", *, stacklevel: int = 3) -> ja
                 f"{key.shape}. Use `jax.random.key(seed)`."
             )
         warnings.warn(
-            f"Legacy `uint32` PRNGKey detected for `{name}`; converting to a typed "
-            "key. Use `jax.random.key(seed)` to silence this warning.",
+            "Legacy `uint32` PRNGKey detected; converting to a typed key array. "
+            f"(`{name}`: use `jax.random.key(seed)` to silence this warning.)",
             AimzWarning,
             stacklevel=stacklevel,
         )

@@ -32,14 +32,22 @@ if TYPE_CHECKING:
 
 
 def dim_names(site: str, ndim: int, dims: Mapping[str, Mapping[int, str]]) -> tuple[str, ...]:
-    """Names of the axes after the draw axis: plate names, else ``<site>_dim_<i>``.
+    """Names of the axes after the draw axis: plate (or event) names where known, and
+    ``<site>_dim_0``, ``<site>_dim_1``, ... numbering only the other axes.
 
     Example:
-        >>> dim_names("y", 2, {"y": {0: "obs"}})
-        ('obs', 'y_dim_1')
+        >>> dim_names("y", 3, {"y": {1: "obs"}})
+        ('y_dim_0', 'obs', 'y_dim_1')
     """
     known = dims.get(site, {})
-    return tuple(known.get(i, f"{site}_dim_{i}") for i in range(ndim))
+    names, unnamed = [], 0
+    for axis in range(ndim):
+        if axis in known:
+            names.append(known[axis])
+        else:
+            names.append(f"{site}_dim_{unnamed}")
+            unnamed += 1
+    return tuple(names)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -219,11 +227,11 @@ class BlockRunner:
         )
         if not candidates:
             return {}
-        args = {**{k: host_rows(v, 0, 1) for k, v in bound.arrays.items()}, **bound.extras}
-        args2 = {
-            **{k: pad_rows(host_rows(v, 0, 1), 2) for k, v in bound.arrays.items()},
-            **bound.extras,
-        }
+        # Two and three rows (padded when the input is shorter): a kernel with a lag
+        # plate of `n - 1` values cannot run on one row.
+        args = {**{k: pad_rows(host_rows(v, 0, 2), 2) for k, v in bound.arrays.items()}}
+        args2 = {**{k: pad_rows(host_rows(v, 0, 2), 3) for k, v in bound.arrays.items()}}
+        args, args2 = {**args, **bound.extras}, {**args2, **bound.extras}
 
         def shapes_for(a: Mapping[str, Any]) -> dict[str, Any]:
             return jax.eval_shape(
@@ -249,7 +257,7 @@ class BlockRunner:
             sharded=False,
         )
         entry = self.function(config, bound.extras)
-        probe = {k: jnp.asarray(host_rows(v, 0, 1)) for k, v in bound.arrays.items()}
+        probe = {k: jnp.asarray(pad_rows(host_rows(v, 0, 2), 2)) for k, v in bound.arrays.items()}
         return entry.fn({}, (key, jnp.arange(num_draws)), probe, {}, {})
 
     def run_on_batch(

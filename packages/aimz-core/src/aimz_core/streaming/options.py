@@ -124,8 +124,9 @@ class StreamOptions:
             )
         if self.shard_axis == "draw" and is_loader(X):
             raise TypeError(
-                "`shard_axis='draw'` needs an array-like input; got a data loader. Pass "
-                "the arrays, or use `shard_axis='obs'`."
+                "`shard_axis='draw'` replicates the whole input across devices, so `X` "
+                "must be an array, not a data loader. Pass the arrays, or use "
+                "`shard_axis='obs'`."
             )
         if self.batch_size is not None:
             check_batch_size(self.batch_size)

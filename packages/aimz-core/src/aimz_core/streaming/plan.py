@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import random
 
-from aimz_core._draws import check_subsample_plates, global_trace
+from aimz_core._draws import check_subsample_plates
 from aimz_core._posterior import first_draw
 from aimz_core._sizing import (
     auto_batch_size,
@@ -39,9 +39,10 @@ from aimz_core.batched import BatchConfig, BatchFunction
 from aimz_core.exceptions import PerformanceWarning
 from aimz_core.kernel_spec import KernelSpec, check_handler_sites, ensure_traced
 from aimz_core.rng import pack_keys, unpack_keys
+from aimz_core.streaming.axis import check_rows, choose_axis, pinned_plates
 from aimz_core.streaming.blocks import BlockRunner, dim_names
 from aimz_core.streaming.options import StreamOptions
-from aimz_core.streaming.sinks import SiteLayout, StreamInfo
+from aimz_core.streaming.sinks import SiteLayout, StreamInfo, pairing_attrs
 
 if TYPE_CHECKING:
     from aimz_core.model import ImpactModel
@@ -152,6 +153,7 @@ class StreamPlan:
             "key_impl": str(jax.random.key_impl(self.key)),
             "sites": sites,
             "inputs": {k: [list(v.shape), np.dtype(v.dtype).str] for k, v in self.arrays.items()},
+            "row_handlers": _digest({k: v for k, v in self.arrays.items() if k.startswith("\x00")}),
             "intervention": _digest(self.intervention),
             "condition": _digest(self.condition),
             "global_post": _digest(self.global_post),
@@ -227,10 +229,17 @@ def resolve_inputs(model: ImpactModel, X: Any, y: Any, options: StreamOptions) -
     bound, loader_batch = streaming_arguments(
         model.kernel, model.param_input, model.param_output, X, y, options.kwargs
     )
+    if kind == "loglik" and model.param_output not in bound.arrays and loader_batch is not None:
+        raise ValueError(
+            "Log likelihood requires the observed output field "
+            f"{model.param_output!r} in each batch. The data loader's batches have no "
+            f"{model.param_output!r} field; add it to the loader's dataset."
+        )
     if kind == "loglik" and model.param_output not in bound.arrays:
         raise ValueError(
-            f"`{model.param_output}` is required for `log_likelihood()` with array "
-            f"`{model.param_input}`."
+            f"`{model.param_output}` is required for `log_likelihood()` when "
+            f"`{model.param_input}` is array-like. Provide `{model.param_output}`, or give "
+            f"`{model.param_input}` as a data loader that carries it."
         )
     if options.return_datatree:
         io_backend()
@@ -240,15 +249,16 @@ def resolve_inputs(model: ImpactModel, X: Any, y: Any, options: StreamOptions) -
     sites = (model.param_output,) if kind == "loglik" else model._sites_for(options.return_sites)
     check_handler_sites(spec, interv, "intervention")
     check_handler_sites(spec, cond, "condition")
-    ndev = model._layout.num_devices
-    batch_size = options.batch_size
-    if batch_size is not None and loader_batch is None and batch_size % ndev:
-        warnings.warn(
-            f"The `batch_size` ({batch_size}) is not divisible by the number of "
-            f"devices ({ndev}); batches are padded.",
-            PerformanceWarning,
-            stacklevel=4,
-        )
+    check_rows(  # refusals of the per-row analysis, before the key moves
+        model._runner(),
+        model.rng_key,
+        bound,
+        kind,
+        model._host_posterior(),
+        options.batch_size or loader_batch,
+        options.shard_axis if model._posterior or kind == "prior" else "obs",
+        int(bound.arrays[model.param_input].shape[0]),
+    )
     # `log_likelihood` never consumes the internal key (spec 4.3).
     if kind == "loglik" and options.rng_key is None:
         key = model.rng_key
@@ -268,46 +278,6 @@ def resolve_inputs(model: ImpactModel, X: Any, y: Any, options: StreamOptions) -
         trace_key=model.rng_key,
         dask_client=dask_client,
     )
-
-
-def _choose_axis(
-    options: StreamOptions,
-    inputs: CallInputs,
-    post: Mapping[str, Any],
-    n_obs: int,
-    batch_size: int | None,
-    num_devices: int,
-) -> tuple[str, int | None]:
-    """The streamed axis (and batch size) the call can use."""
-    shard_axis = options.shard_axis
-    if not post and options.kind != "prior":
-        shard_axis = "obs"
-    obs_post = options.kind != "prior" and any(
-        v.ndim >= 2 and v.shape[1] == n_obs for v in post.values()
-    )
-    # `condition` values are passed whole to every batch: observation-aligned ones
-    # are only right when the batch is the whole input (or on the draw path).
-    obs_cond = any(v.ndim >= 1 and v.shape[0] == n_obs for v in inputs.condition.values())
-    if shard_axis != "obs" or not (obs_post or obs_cond):
-        return shard_axis, batch_size
-    fits_whole = num_devices == 1 and (
-        (batch_size is not None and batch_size >= n_obs)
-        or (batch_size is None and n_obs * inputs.num_draws * 4 < 100_000_000)
-    )
-    if fits_whole:
-        return "obs", n_obs
-    what = (
-        "The posterior has observation-level sites"
-        if obs_post
-        else "`condition` has observation-level values"
-    )
-    warnings.warn(
-        f"{what}, which are not compatible with `shard_axis='obs'` for this "
-        "input; rerunning with `shard_axis='draw'`.",
-        PerformanceWarning,
-        stacklevel=5,
-    )
-    return "draw", batch_size
 
 
 def plan_call(
@@ -335,11 +305,25 @@ def plan_call(
     """
     kind, bound = options.kind, inputs.bound
     ndev = runner.layout.num_devices
-    batch_size = options.batch_size or inputs.loader_batch
     post = runner.placed() if kind != "prior" else {}
     num_draws, key = inputs.num_draws, inputs.key
     n_obs = int(bound.arrays[param_input].shape[0])
-    shard_axis, batch_size = _choose_axis(options, inputs, post, n_obs, batch_size, ndev)
+    choice = choose_axis(options, inputs, runner, post, param_input=param_input)
+    shard_axis, batch_size = choice.shard_axis, choice.batch_size
+    if (
+        shard_axis == "obs"
+        and options.batch_size is not None
+        and inputs.loader_batch is None
+        and options.batch_size % ndev
+    ):
+        warnings.warn(
+            f"The `batch_size` ({options.batch_size}) is not divisible by the number of "
+            f"devices ({ndev}). Use a multiple of {ndev} for optimal performance. "
+            f"Each batch is padded to a multiple of {ndev} rows.",
+            PerformanceWarning,
+            stacklevel=4,
+        )
+    arrays = choice.arrays
     global_post: dict[str, jax.Array] = {}
     if kind == "prior" and shard_axis == "obs":
         assert inputs.kernel_spec is not None
@@ -355,16 +339,17 @@ def plan_call(
         extras_key=bound.extras_key(),
         num_draws=num_draws,
         sharded=ndev > 1,
+        plate_modes=choice.plate_modes,
     )
     total = n_obs if shard_axis == "obs" else num_draws
-    interv, cond = inputs.intervention, inputs.condition
+    interv, cond = choice.intervention, choice.condition
 
     def args_for(size: int, chunked: bool = False) -> tuple:
         return runner.abstract_block_args(
             post,
             shard_axis=shard_axis,
             key=key,
-            arrays=bound.arrays,
+            arrays=arrays,
             intervention=interv,
             condition=cond,
             chunked=chunked,
@@ -379,12 +364,8 @@ def plan_call(
         size = max(ndev, math.ceil(min(batch_size, total) / ndev) * ndev)
     # The chunk convention of the draw path follows the batch size (`config_for`).
     config = runner.config_for(config, size, shard_axis)
-    if kind == "loglik" and shard_axis == "obs":
-        probe_rows = {k: v[:1] for k, v in bound.arrays.items()}
-        check_subsample_plates(
-            global_trace(runner.kernel, inputs.trace_key, {**probe_rows, **bound.extras}),
-            min(size, total),
-        )
+    if shard_axis == "obs":
+        check_subsample_plates(pinned_plates(choice.plate_sizes), min(size, total))
     probe_args = args_for(size, chunked=config.chunk is not None)
     config = runner.blocked_config(
         config,
@@ -401,6 +382,8 @@ def plan_call(
         sites=layouts,
         posterior=inputs.posterior,
         posterior_dims={k: dim_names(k, v.ndim - 1, {}) for k, v in inputs.posterior.items()},
+        # What pairs the draws of two calls (compared by `estimate_effect`).
+        attrs=pairing_attrs(inputs.key, shard_axis=shard_axis, num_devices=ndev, batch_size=size),
     )
     return StreamPlan(
         kind=kind,
@@ -419,7 +402,7 @@ def plan_call(
         condition=cond,
         info=info,
         desc=f"{options.desc} [{', '.join(layouts)}]",
-        arrays=bound.arrays,
+        arrays=arrays,
     )
 
 
