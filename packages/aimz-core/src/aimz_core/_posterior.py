@@ -8,7 +8,7 @@ leading draw axis; the model stores it as it is and never mutates it in place.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -178,8 +178,27 @@ def take_draws(
     return chunk, idx
 
 
+def fitted_params(model: Any, names: Iterable[str]) -> dict[str, Any]:
+    """Fitted values of the kernel's ``numpyro.param`` sites ``names`` (SVI only).
+
+    A kernel's own ``numpyro.param`` sites are learned by SVI alongside the guide;
+    the predictive methods substitute these values for the sites' initial values.
+
+    Example:
+        >>> from aimz_core.testing import fitted_linreg
+        >>> fitted_params(fitted_linreg(), ["a"])
+        {}
+    """
+    result = getattr(model, "vi_result", None)
+    if result is None or not getattr(result, "params", None):
+        return {}
+    wanted = set(names)
+    return {k: jax.numpy.asarray(v) for k, v in result.params.items() if k in wanted}
+
+
 __all__ = [
     "first_draw",
+    "fitted_params",
     "not_fitted",
     "substitutable",
     "take_draws",

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aimz_core._row_dependence import check_posterior_rows
+from aimz_core._posterior import fitted_params
+from aimz_core._row_dependence import check_posterior_rows, with_params
 from aimz_core._scenarios import estimate
 from aimz_core.arguments import as_jax_tree, check_aligned
 from aimz_core.backend import io_backend
@@ -76,6 +77,7 @@ class PredictiveMethods:
             rows = kernel_rows(self._runner(), self.rng_key, bound)
             n_rows = int(arrays[self._param_input].shape[0])
             check_posterior_rows(self._host_posterior(), rows, n_rows)
+            interv = with_params(interv, fitted_params(self, rows.params))
         key = self._next_key(rng_key)
         config = BatchConfig(
             kind=kind,

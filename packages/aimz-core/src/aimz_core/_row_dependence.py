@@ -38,6 +38,8 @@ PROBE_SIZES = (5, 7)
 PERTURB_ROWS = 6
 #: Reserved input names of per-row handler values: ``prefix + site``.
 HANDLER_PREFIXES = {"intervention": "\x00do:", "condition": "\x00condition:"}
+#: Reserved ``intervention`` names of fitted ``numpyro.param`` values: ``prefix + site``.
+PARAM_PREFIX = "\x00param:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,7 @@ class SiteRows:
         tails: Shape after the row axis of every row site.
         plates: Subsampling plates: name -> ``(sizes, subsample sizes)``, each a pair
             (one per probe row count).
+        params: The kernel's ``numpyro.param`` sites.
 
     Example:
         >>> rows = SiteRows(frozenset({"y"}), frozenset({"b"}), {"y": ()}, {})
@@ -61,6 +64,7 @@ class SiteRows:
     fixed_sites: frozenset[str]
     tails: dict[str, tuple[int, ...]]
     plates: dict[str, tuple[tuple[int, ...], tuple[int | None, ...]]]
+    params: frozenset[str] = frozenset()
 
     def follows(self, name: str) -> bool:
         """Whether ``name`` has one value per input row."""
@@ -101,6 +105,7 @@ def site_rows(
     """
     plain = {k: v for k, v in arrays.items() if not _is_handler_name(k)}
     shapes: list[dict[str, tuple[int, ...]]] = []
+    params: set[str] = set()
     plates: list[dict[str, tuple[int, int | None]]] = []
     for rows in PROBE_SIZES:
         # Subsampling plates run on their own rows (no random indices, no warning);
@@ -109,6 +114,7 @@ def site_rows(
 
         def trace_shapes(k: jax.Array, a: Mapping[str, Any], plated: Any = plated) -> dict:
             tr = handlers.trace(handlers.seed(plated, k)).get_trace(**a, **extras)
+            params.update(n for n, s in tr.items() if s["type"] == "param")
             return {
                 n: s["value"] for n, s in tr.items() if s["type"] in ("sample", "deterministic")
             }
@@ -134,7 +140,7 @@ def site_rows(
         for name, (size, sub) in plates[0].items()
         if sub is not None and sub != size and name in plates[1]
     }
-    return SiteRows(frozenset(row_sites), frozenset(fixed), tails, subsampled)
+    return SiteRows(frozenset(row_sites), frozenset(fixed), tails, subsampled, frozenset(params))
 
 
 def check_posterior_rows(posterior: Mapping[str, Any], rows: SiteRows, n_rows: int) -> None:
@@ -228,6 +234,35 @@ def split_row_handlers(
     return plain, do, cond
 
 
+def with_params(intervention: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """``intervention`` plus fitted ``numpyro.param`` values under reserved names.
+
+    The values travel whole to every batch, like ``do`` values (so a refit changes
+    arguments, not compiled programs); :func:`split_params` takes them out again.
+
+    Example:
+        >>> sorted(k.replace(chr(0), "") for k in with_params({"t": 1}, {"a": 2.0}))
+        ['param:a', 't']
+    """
+    return {**intervention, **{PARAM_PREFIX + k: v for k, v in params.items()}}
+
+
+def split_params(intervention: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Inverse of :func:`with_params`: ``(intervention, params)``.
+
+    Example:
+        >>> split_params(with_params({"t": 1}, {"a": 2.0}))
+        ({'t': 1}, {'a': 2.0})
+    """
+    do, params = {}, {}
+    for name, value in intervention.items():
+        if name.startswith(PARAM_PREFIX):
+            params[name[len(PARAM_PREFIX) :]] = value
+        else:
+            do[name] = value
+    return do, params
+
+
 def _perturbed(value: np.ndarray, j: int) -> np.ndarray:
     """``value`` with row ``j`` changed: the next row's value where it differs,
     else a shifted value."""
@@ -310,6 +345,8 @@ __all__ = [
     "check_posterior_rows",
     "cross_row_sites",
     "join_row_handlers",
+    "split_params",
+    "with_params",
     "site_rows",
     "split_row_handlers",
 ]

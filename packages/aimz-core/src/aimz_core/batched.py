@@ -11,11 +11,12 @@ from typing import Any, Literal
 
 import jax
 from jax import random
+from numpyro import handlers
 
 from aimz_core._draws import forward_draw, loglik_draw
 from aimz_core._jit_cache import PersistentJit, call_signature
 from aimz_core._posterior import take_draws
-from aimz_core._row_dependence import split_row_handlers
+from aimz_core._row_dependence import split_params, split_row_handlers
 from aimz_core._sizing import per_draw_bytes
 from aimz_core.sharding import DeviceLayout, shard_draws, shard_obs
 
@@ -92,10 +93,13 @@ def build_batch_function(
     def one(key, draw, arrays, intervention, condition):
         # Per-row `do` / `condition` values ride with the rows (sliced like `X`).
         arrays, intervention, condition = split_row_handlers(arrays, intervention, condition)
+        intervention, params = split_params(intervention)
+        # Fitted `numpyro.param` values replace the kernel's initial values.
+        model_fn = handlers.substitute(kernel, data=params) if params else kernel
         args = {**arrays, **extras}
         if config.kind == "loglik":
             return loglik_draw(
-                kernel,
+                model_fn,
                 key,
                 draw,
                 args,
@@ -104,7 +108,7 @@ def build_batch_function(
                 plate_modes=config.plate_modes,
             )
         return forward_draw(
-            kernel,
+            model_fn,
             key,
             draw,
             args,

@@ -26,7 +26,8 @@ import numpy as np
 from jax import random
 
 from aimz_core._draws import check_subsample_plates
-from aimz_core._posterior import first_draw
+from aimz_core._posterior import first_draw, fitted_params
+from aimz_core._row_dependence import with_params
 from aimz_core._sizing import (
     auto_batch_size,
     balanced_batch_size,
@@ -179,6 +180,8 @@ class CallInputs:
         kernel_spec: The model's kernel spec.
         trace_key: The model's key, used (never split) by planning traces.
         dask_client: The resolved Dask client of a distributed call, else ``None``.
+        params: Fitted values of the kernel's ``numpyro.param`` sites (SVI), which
+            replace their initial values in every batch.
     """
 
     bound: KernelArgs
@@ -193,6 +196,7 @@ class CallInputs:
     kernel_spec: KernelSpec | None
     trace_key: jax.Array
     dask_client: Any = None
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def resolve_inputs(model: ImpactModel, X: Any, y: Any, options: StreamOptions) -> CallInputs:
@@ -249,7 +253,7 @@ def resolve_inputs(model: ImpactModel, X: Any, y: Any, options: StreamOptions) -
     sites = (model.param_output,) if kind == "loglik" else model._sites_for(options.return_sites)
     check_handler_sites(spec, interv, "intervention")
     check_handler_sites(spec, cond, "condition")
-    check_rows(  # refusals of the per-row analysis, before the key moves
+    rows, _, _ = check_rows(  # refusals of the per-row analysis, before the key moves
         model._runner(),
         model.rng_key,
         bound,
@@ -277,6 +281,7 @@ def resolve_inputs(model: ImpactModel, X: Any, y: Any, options: StreamOptions) -
         kernel_spec=spec,
         trace_key=model.rng_key,
         dask_client=dask_client,
+        params={} if kind == "prior" else fitted_params(model, rows.params),
     )
 
 
@@ -342,7 +347,7 @@ def plan_call(
         plate_modes=choice.plate_modes,
     )
     total = n_obs if shard_axis == "obs" else num_draws
-    interv, cond = choice.intervention, choice.condition
+    interv, cond = with_params(choice.intervention, inputs.params), choice.condition
 
     def args_for(size: int, chunked: bool = False) -> tuple:
         return runner.abstract_block_args(
