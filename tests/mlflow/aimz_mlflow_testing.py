@@ -105,8 +105,8 @@ def subprocess_env(tracking_uri: str) -> dict[str, str]:
     return env
 
 
-def make_model(seed: int = 0) -> Any:
-    """A fresh, unfitted SVI model over the test kernel."""
+def make_model(seed: int = 0, kernel: Any = None) -> Any:
+    """A fresh, unfitted SVI model over ``kernel`` (default: the linear test kernel)."""
     import jax
     import numpyro
     from aimz_core import ImpactModel
@@ -114,5 +114,6 @@ def make_model(seed: int = 0) -> Any:
     from numpyro.infer import SVI, Trace_ELBO
     from numpyro.infer.autoguide import AutoNormal
 
-    svi = SVI(linear_kernel, AutoNormal(linear_kernel), numpyro.optim.Adam(0.05), Trace_ELBO())
-    return ImpactModel(linear_kernel, rng_key=jax.random.key(seed), inference=svi)
+    kernel = linear_kernel if kernel is None else kernel
+    svi = SVI(kernel, AutoNormal(kernel), numpyro.optim.Adam(0.05), Trace_ELBO())
+    return ImpactModel(kernel, rng_key=jax.random.key(seed), inference=svi)
