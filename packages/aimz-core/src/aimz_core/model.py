@@ -36,7 +36,7 @@ from aimz_core.arguments import (
 )
 from aimz_core.backend import resolve_output_dir
 from aimz_core.batched import FunctionCache
-from aimz_core.exceptions import FitWarning, PerformanceWarning
+from aimz_core.exceptions import PerformanceWarning
 from aimz_core.kernel import kernel_name, validate_kernel_body, validate_model_arguments
 from aimz_core.kernel_spec import KernelSpec, coerce_return_sites, describe_sites
 from aimz_core.rng import coerce_key, pack_keys, unpack_keys
@@ -196,23 +196,13 @@ class ImpactModel(PredictiveMethods):
 
     @property
     def vi_result(self) -> SVIRunResult | None:
-        """Result of the last SVI fit (params, state, losses)."""
+        """Result of the last SVI fit (params, state, losses); training continues from
+        the state of a result set here (a warm start)."""
         return self._vi_result
 
     @vi_result.setter
     def vi_result(self, value: SVIRunResult | None) -> None:
-        if value is not None and not isinstance(value, SVIRunResult):
-            raise TypeError(
-                f"`vi_result` must be a numpyro SVIRunResult or None, got {type(value).__name__}."
-            )
-        if value is not None and not np.all(np.isfinite(np.asarray(value.losses))):
-            warnings.warn(
-                "Loss contains NaN or Inf values; the fit may have diverged. Check the "
-                "learning rate, priors and data scaling.",
-                FitWarning,
-                stacklevel=2,
-            )
-        self._vi_result = value
+        _fit.set_vi_result(self, value)
 
     def is_fitted(self) -> bool:
         """Whether posterior samples are available.
@@ -255,9 +245,9 @@ class ImpactModel(PredictiveMethods):
         """Summarise the model as a plain dict.
 
         Returns:
-            Kernel name and arguments, parameter names, inference class, fitted
-            flag, chain and draw counts, and for every known site its kind
-            (``latent``, ``observed`` or ``deterministic``) and draw shape.
+            Kernel name and arguments, parameter names, inference class, fitted flag,
+            chain and draw counts (1 and 0 before a fit), and per known site its kind
+            (``latent``, ``observed`` or ``deterministic``), ``dims`` and draw shape.
 
         Example:
             >>> from aimz_core.testing import fitted_linreg
@@ -271,8 +261,8 @@ class ImpactModel(PredictiveMethods):
             "param_output": self._param_output,
             "inference": type(self._inference).__name__,
             "fitted": self.is_fitted(),
-            "num_chains": self._num_chains if self.is_fitted() else None,
-            "num_samples": self._num_samples if self.is_fitted() else None,
+            "num_chains": self._num_chains if self.is_fitted() else 1,
+            "num_samples": self._num_samples if self.is_fitted() else 0,
             "sites": describe_sites(self._kernel_spec, self._posterior, self._param_output),
         }
 
@@ -326,8 +316,8 @@ class ImpactModel(PredictiveMethods):
         return coerce_return_sites(return_sites, self._kernel_spec, self._param_output)
 
     def _store_posterior(self, posterior: Mapping[str, Any], num_chains: int) -> None:
-        self._posterior = dict(posterior)
-        self._num_samples = int(next(iter(self._posterior.values())).shape[0])
+        self._posterior = dict(posterior)  # empty for a kernel with no latent sites
+        self._num_samples = max((int(v.shape[0]) for v in self._posterior.values()), default=0)
         self._num_chains = num_chains
         self._placed = None
         self._is_fitted = True
@@ -431,6 +421,12 @@ class ImpactModel(PredictiveMethods):
     ) -> Self:
         """Fit with SVI over minibatches for a number of epochs.
 
+        Shuffling is keyed: the call's key ``K`` (``rng_key``, else a split of the model's key)
+        gives ``train_key, sample_key = jax.random.split(K)``, and rows are shuffled exactly as by
+        ``ArrayLoader(ArrayDataset(X=X, y=y), train_key, batch_size=batch_size, shuffle=True)``;
+        never when one batch covers the data. The posterior is the guide run on the whole data in
+        input order, with ``y`` (a loader: its dataset, or its last epoch's batches, in order).
+
         Args:
             X: Input array, an :class:`~aimz_core.data.ArrayLoader` or any iterable
                 of mappings (batches keyed by kernel parameter names).
@@ -440,19 +436,21 @@ class ImpactModel(PredictiveMethods):
             progress: Show a progress bar per epoch with the running loss.
             batch_size: Rows per step (default: all rows).
             epochs: Passes over the data.
-            shuffle: Reshuffle rows every epoch.
-            **kwargs: Extra kernel arguments (arrays are batched with ``X``).
+            shuffle: Reshuffle rows every epoch (when ``batch_size`` is below the rows).
+            **kwargs: Kernel arguments; arrays are batched with array ``X``, whole with a loader.
 
         Returns:
             The fitted model.
 
+        Warns:
+            FitWarning: Minibatches with an unscaled output, cross-row sites or per-row latents.
+
         Example:
             >>> from aimz_core.testing import linreg_data, make_model
             >>> X, y = linreg_data()
-            >>> model = make_model().fit(
-            ...     X, y, batch_size=20, epochs=2, num_samples=10, progress=False)
+            >>> model = make_model().fit(X, y, epochs=2, num_samples=10, progress=False)
             >>> len(model.vi_result.losses)
-            6
+            2
         """
         _fit.fit(
             self,
@@ -480,7 +478,8 @@ class ImpactModel(PredictiveMethods):
     ) -> Any:
         """Draw posterior samples (from the SVI guide or by continuing MCMC).
 
-        Does not change :attr:`posterior`.
+        Does not change :attr:`posterior`. After setting ``vi_result`` by hand, pass
+        ``X`` and ``y`` (the guide is set up with the output observed).
 
         Returns:
             A DataTree with a ``posterior`` group, or ``{site: array}`` when
@@ -521,12 +520,12 @@ class ImpactModel(PredictiveMethods):
             num_chains: Chains the leading axis is made of (chain-major).
 
         Raises:
-            ValueError: For an empty dict, 0-D values, differing leading sizes or a
-                leading size not divisible by ``num_chains``.
+            ValueError: For a site named ``chain`` or ``draw``, an empty dict, 0-D
+                values, differing leading sizes or a size not divisible by ``num_chains``.
 
         Warns:
-            OutputWarning: If the output site is given (it is removed), or if no
-                known trace of the kernel records a site of ``posterior_sample``.
+            OutputWarning: If the output site is given (it is removed), if no known
+                trace records a site, or if latent sites lack draws (drawn from the prior).
 
         Example:
             >>> import numpy as np
