@@ -40,6 +40,8 @@ PERTURB_ROWS = 6
 HANDLER_PREFIXES = {"intervention": "\x00do:", "condition": "\x00condition:"}
 #: Reserved ``intervention`` names of fitted ``numpyro.param`` values: ``prefix + site``.
 PARAM_PREFIX = "\x00param:"
+#: Reserved ``intervention`` names of kernel arguments passed whole to every batch.
+ARG_PREFIX = "\x00arg:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,8 @@ class SiteRows:
         plates: Subsampling plates: name -> ``(sizes, subsample sizes)``, each a pair
             (one per probe row count).
         params: The kernel's ``numpyro.param`` sites.
+        others: Sites that neither follow the rows nor keep their shape (a lag plate
+            of ``n - 1`` values).
 
     Example:
         >>> rows = SiteRows(frozenset({"y"}), frozenset({"b"}), {"y": ()}, {})
@@ -65,6 +69,7 @@ class SiteRows:
     tails: dict[str, tuple[int, ...]]
     plates: dict[str, tuple[tuple[int, ...], tuple[int | None, ...]]]
     params: frozenset[str] = frozenset()
+    others: frozenset[str] = frozenset()
 
     def follows(self, name: str) -> bool:
         """Whether ``name`` has one value per input row."""
@@ -73,7 +78,7 @@ class SiteRows:
     @property
     def names(self) -> tuple[str, ...]:
         """Every sample or deterministic site the probe recorded."""
-        return tuple(sorted(self.row_sites | self.fixed_sites | set(self.tails)))
+        return tuple(sorted(self.row_sites | self.fixed_sites | self.others))
 
 
 def _abstract_rows(value: Any, rows: int) -> jax.ShapeDtypeStruct:
@@ -140,7 +145,10 @@ def site_rows(
         for name, (size, sub) in plates[0].items()
         if sub is not None and sub != size and name in plates[1]
     }
-    return SiteRows(frozenset(row_sites), frozenset(fixed), tails, subsampled, frozenset(params))
+    others = frozenset(one.keys() | two.keys()) - row_sites - fixed
+    return SiteRows(
+        frozenset(row_sites), frozenset(fixed), tails, subsampled, frozenset(params), others
+    )
 
 
 def check_posterior_rows(posterior: Mapping[str, Any], rows: SiteRows, n_rows: int) -> None:
@@ -234,33 +242,48 @@ def split_row_handlers(
     return plain, do, cond
 
 
-def with_params(intervention: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """``intervention`` plus fitted ``numpyro.param`` values under reserved names.
+def with_params(
+    intervention: Mapping[str, Any],
+    params: Mapping[str, Any],
+    whole: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``intervention`` plus fitted ``numpyro.param`` values and whole kernel arguments
+    under reserved names.
 
-    The values travel whole to every batch, like ``do`` values (so a refit changes
-    arguments, not compiled programs); :func:`split_params` takes them out again.
+    Both travel whole to every batch, like ``do`` values (so a refit or new values
+    change arguments, not compiled programs); :func:`split_params` takes them out
+    again. ``whole`` holds array keyword arguments given alongside a data loader,
+    which every batch receives in full.
 
     Example:
         >>> sorted(k.replace(chr(0), "") for k in with_params({"t": 1}, {"a": 2.0}))
         ['param:a', 't']
     """
-    return {**intervention, **{PARAM_PREFIX + k: v for k, v in params.items()}}
+    return {
+        **intervention,
+        **{PARAM_PREFIX + k: v for k, v in params.items()},
+        **{ARG_PREFIX + k: v for k, v in (whole or {}).items()},
+    }
 
 
-def split_params(intervention: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Inverse of :func:`with_params`: ``(intervention, params)``.
+def split_params(
+    intervention: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Inverse of :func:`with_params`: ``(intervention, params, whole arguments)``.
 
     Example:
-        >>> split_params(with_params({"t": 1}, {"a": 2.0}))
-        ({'t': 1}, {'a': 2.0})
+        >>> split_params(with_params({"t": 1}, {"a": 2.0}, {"w": 3}))
+        ({'t': 1}, {'a': 2.0}, {'w': 3})
     """
-    do, params = {}, {}
+    do, params, whole = {}, {}, {}
     for name, value in intervention.items():
         if name.startswith(PARAM_PREFIX):
             params[name[len(PARAM_PREFIX) :]] = value
+        elif name.startswith(ARG_PREFIX):
+            whole[name[len(ARG_PREFIX) :]] = value
         else:
             do[name] = value
-    return do, params
+    return do, params, whole
 
 
 def _perturbed(value: np.ndarray, j: int) -> np.ndarray:

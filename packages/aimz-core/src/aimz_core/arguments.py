@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -102,10 +102,17 @@ class KernelArgs:
     Attributes:
         arrays: Array-valued arguments, including the input (and output if given).
         extras: Everything else; passed whole and treated as static by ``jax.jit``.
+        whole: Array keyword arguments given alongside a data loader: passed whole
+            to every batch (not split by rows), as traced values.
     """
 
     arrays: dict[str, Any]
     extras: dict[str, Any]
+    whole: dict[str, Any] = field(default_factory=dict)
+
+    def kernel_extras(self) -> dict[str, Any]:
+        """The arguments every batch gets unsplit: ``extras`` and ``whole``."""
+        return {**self.extras, **self.whole}
 
     def extras_key(self) -> tuple[tuple[str, Any], ...]:
         """A hashable key of the static arguments (used by jit caches)."""
@@ -205,11 +212,6 @@ def streaming_arguments(
     if is_loader(X):
         if y is not None:
             raise TypeError("`y` must be `None` when `X` is already a data loader.")
-        if any(is_array_like(v) for v in kwargs.values()):
-            raise ValueError(
-                "Array keyword arguments are not supported alongside a data loader; "
-                "add them to the loader's dataset instead."
-            )
         if isinstance(X, ArrayLoader):
             if X.shuffle:
                 warnings.warn(
@@ -233,9 +235,19 @@ def streaming_arguments(
             )
         X_f = fields.pop(param_input)
         y_f = fields.pop(param_output, None)
+        # Array keyword arguments go whole to every batch (not split by rows).
+        whole_names = [k for k, v in kwargs.items() if is_array_like(v)]
+        both = sorted(set(whole_names) & set(fields))
+        if both:
+            raise ValueError(
+                f"{both} given both as keyword arguments and as fields of the data "
+                "loader; pass each argument once."
+            )
         bound = bind_arguments(
             kernel, param_input, param_output, X_f, y_f, {**fields, **kwargs}, lazy=True
         )
+        whole = {k: jax.numpy.asarray(bound.arrays.pop(k)) for k in whole_names}
+        bound = KernelArgs(bound.arrays, bound.extras, whole)
         check_aligned(bound.arrays, param_input)
         return bound, loader_batch
     if not is_array_like(X):

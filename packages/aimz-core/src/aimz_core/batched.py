@@ -93,10 +93,10 @@ def build_batch_function(
     def one(key, draw, arrays, intervention, condition):
         # Per-row `do` / `condition` values ride with the rows (sliced like `X`).
         arrays, intervention, condition = split_row_handlers(arrays, intervention, condition)
-        intervention, params = split_params(intervention)
+        intervention, params, whole = split_params(intervention)
         # Fitted `numpyro.param` values replace the kernel's initial values.
         model_fn = handlers.substitute(kernel, data=params) if params else kernel
-        args = {**arrays, **extras}
+        args = {**arrays, **whole, **extras}
         if config.kind == "loglik":
             return loglik_draw(
                 model_fn,

@@ -279,4 +279,4 @@ def ensure_traced(
         bound = bind_arguments(*names, X, None, dict(kwargs or {}), lazy=True)
     # Two rows: a kernel with a lag plate of `n - 1` values cannot run on one.
     probe = {k: host_rows(v, 0, 2) for k, v in bound.arrays.items()}
-    return model._build_kernel_spec({**probe, **bound.extras}, with_output=False)
+    return model._build_kernel_spec({**probe, **bound.kernel_extras()}, with_output=False)

@@ -85,6 +85,15 @@ def _structure(values: Mapping[str, Any], skip_rows: bool) -> tuple:
     return tuple(out)
 
 
+def _call_key(bound: KernelArgs) -> tuple:
+    """The structure of a call's arguments (static values, shapes after the rows)."""
+    return (
+        bound.extras_key(),
+        _structure(bound.arrays, skip_rows=True),
+        _structure(bound.whole, skip_rows=False),
+    )
+
+
 def _plate_modes(rows: SiteRows) -> tuple[tuple[tuple[str, str], ...], dict[str, tuple[int, str]]]:
     """Per subsampling plate: evaluate in full or pin (see
     :class:`~aimz_core._draws.SubsamplePlates`), and the constant sizes to check."""
@@ -128,10 +137,12 @@ def kernel_rows(
         >>> sorted(kernel_rows(model._runner(), model.rng_key, bound).row_sites)
         ['mu', 'y']
     """
-    shape_key = (bound.extras_key(), _structure(bound.arrays, skip_rows=True), plate_modes)
+    shape_key = (*_call_key(bound), plate_modes)
     return runner.functions.remember(
         ("rows", *shape_key),
-        lambda: site_rows(runner.kernel, key, bound.arrays, bound.extras, plate_modes=plate_modes),
+        lambda: site_rows(
+            runner.kernel, key, bound.arrays, bound.kernel_extras(), plate_modes=plate_modes
+        ),
     )
 
 
@@ -210,7 +221,7 @@ def choose_axis(
     if not post and kind != "prior":
         shard_axis = "obs"
     memo = runner.functions.remember
-    shape_key = (bound.extras_key(), _structure(bound.arrays, skip_rows=True))
+    shape_key = _call_key(bound)
     rows, modes, sizes = check_rows(
         runner, inputs.trace_key, bound, kind, inputs.posterior, batch_size, shard_axis, n_obs
     )
@@ -301,7 +312,7 @@ def _cross_rows(
     may fix the site that links the rows) stream the same axis and keep their
     draws paired.
     """
-    extras, kernel = inputs.bound.extras, runner.kernel
+    extras, kernel = inputs.bound.kernel_extras(), runner.kernel
     probe = {k: host_rows(v, 0, PERTURB_ROWS) for k, v in inputs.bound.arrays.items()}
     host = inputs.posterior  # host arrays: no device gather of a sharded posterior
     draw = {k: host[k][0] for k in post if k in host} if kind != "prior" else {}

@@ -20,6 +20,7 @@ import numpy as np
 from aimz_core._draws import global_trace
 from aimz_core._locks import TRACE_LOCK
 from aimz_core._posterior import first_draw, take_draws
+from aimz_core._row_dependence import with_params
 from aimz_core._sizing import block_for_draw_bytes
 from aimz_core.arguments import KernelArgs, host_rows, pad_rows
 from aimz_core.batched import BatchConfig, BatchFunction, FunctionCache
@@ -231,7 +232,7 @@ class BlockRunner:
         # plate of `n - 1` values cannot run on one row.
         args = {**{k: pad_rows(host_rows(v, 0, 2), 2) for k, v in bound.arrays.items()}}
         args2 = {**{k: pad_rows(host_rows(v, 0, 2), 3) for k, v in bound.arrays.items()}}
-        args, args2 = {**args, **bound.extras}, {**args2, **bound.extras}
+        args, args2 = {**args, **bound.kernel_extras()}, {**args2, **bound.kernel_extras()}
 
         def shapes_for(a: Mapping[str, Any]) -> dict[str, Any]:
             return jax.eval_shape(
@@ -258,7 +259,8 @@ class BlockRunner:
         )
         entry = self.function(config, bound.extras)
         probe = {k: jnp.asarray(pad_rows(host_rows(v, 0, 2), 2)) for k, v in bound.arrays.items()}
-        return entry.fn({}, (key, jnp.arange(num_draws)), probe, {}, {})
+        whole = with_params({}, {}, bound.whole)  # whole arguments ride with `do` values
+        return entry.fn({}, (key, jnp.arange(num_draws)), probe, whole, {})
 
     def run_on_batch(
         self,

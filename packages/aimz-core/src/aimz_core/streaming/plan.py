@@ -347,7 +347,8 @@ def plan_call(
         plate_modes=choice.plate_modes,
     )
     total = n_obs if shard_axis == "obs" else num_draws
-    interv, cond = with_params(choice.intervention, inputs.params), choice.condition
+    interv = with_params(choice.intervention, inputs.params, bound.whole)
+    cond = choice.condition
 
     def args_for(size: int, chunked: bool = False) -> tuple:
         return runner.abstract_block_args(
