@@ -59,6 +59,16 @@ def centered_kernel(X, y=None):
         numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
 
 
+def branch_kernel(X, y=None):
+    """Branches on a sum over rows (``lax.cond``): every row depends on all rows."""
+    b = numpyro.sample("b", dist.Normal(0.0, 1.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
+    shift = jax.lax.cond(X[:, 0].sum() > 0, lambda: 3.0, lambda: -3.0)
+    with numpyro.plate("obs", X.shape[0]):
+        mu = numpyro.deterministic("mu", b * X[:, 0] + shift)
+        numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+
 def row_latent_kernel(X, y=None):
     """A per-row latent ``z`` (the posterior has one value per row)."""
     s = numpyro.sample("s", dist.HalfNormal(1.0))
@@ -82,6 +92,7 @@ KERNELS = {
     "lag": lag_kernel,
     "global": global_kernel,
     "centered": centered_kernel,
+    "branch": branch_kernel,
     "row_latent": row_latent_kernel,
     "treatment": treatment_kernel,
 }

@@ -40,6 +40,7 @@ REASONS = {
     "lag": r"The output site 'diff' does not have one value per observation",
     "global": r"Return site\(s\) 'sigma2' have no observation axis",
     "centered": r"computes across observations at site\(s\) 'y', 'mu'",
+    "branch": r"computes across observations at site\(s\) 'y', 'mu'",
     "row_latent": r"The posterior site\(s\) 'z' are as long as the number of observations",
 }
 
@@ -229,7 +230,7 @@ CHILD = textwrap.dedent(
     kw = {"store": "memory", "return_datatree": False, "progress": False}
     X, y = data()
     out = {}
-    for name in ("scan", "lag", "global", "centered", "row_latent"):
+    for name in ("scan", "lag", "global", "centered", "branch", "row_latent"):
         kernel = KERNELS[name]
         model = ImpactModel(kernel, rng_key=jax.random.key(0), inference=make_svi(kernel))
         model.set_posterior_sample(posterior(name))
@@ -281,7 +282,7 @@ def test_rows_on_three_devices(models, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     child = {k.replace("__", "/"): v for k, v in np.load(result).items()}
     X, _ = data()
-    for name in ("scan", "lag", "global", "centered", "row_latent"):
+    for name in ("scan", "lag", "global", "centered", "branch", "row_latent"):
         ref = models[name].predict_on_batch(X, rng_key=KEY, return_datatree=False)
         for site, value in ref.items():
             assert_close_float(child[f"{name}/{site}"], value, err_msg=f"{name}/{site}")

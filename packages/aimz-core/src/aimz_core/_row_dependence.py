@@ -286,18 +286,26 @@ def split_params(
     return do, params, whole
 
 
-def _perturbed(value: np.ndarray, j: int) -> np.ndarray:
-    """``value`` with row ``j`` changed: the next row's value where it differs,
-    else a shifted value."""
+#: Variants of each changed row: the next row's value, and a large shift either way
+#: (so that a branch on a sum over rows flips whichever side it is on).
+VARIANTS = 3
+
+
+def _perturbed(value: np.ndarray, j: int, variant: int) -> np.ndarray:
+    """``value`` with row ``j`` changed (see :data:`VARIANTS`)."""
     out = np.array(value, copy=True)
     orig = value[j]
     alt = value[(j + 1) % len(value)]
     if value.dtype == np.bool_:
         new = ~orig
     elif np.issubdtype(value.dtype, np.integer):
-        new = np.where(alt != orig, alt, orig + 1)
-    else:
+        new = np.where(alt != orig, alt, orig + 1) if variant == 0 else orig + variant
+    elif variant == 0:
         new = np.where(alt != orig, alt, orig * 2 + 1)
+    else:
+        with np.errstate(over="ignore"):
+            big = (np.abs(orig) + 1) * 1e3
+            new = orig + big if variant == 1 else orig - big
     out[j] = new
     return out
 
@@ -316,7 +324,9 @@ def cross_row_sites(
     ``arrays`` hold at least two real rows. The kernel runs on the rows as they are
     and once with each row changed, in one vectorised program with one key (the
     same random numbers): a per-row site must keep its value at every other row,
-    and a fixed site must keep its value.
+    and a fixed site must keep its value. Each row is changed three ways (the next
+    row's value, a large shift up and down), so that a branch on a sum over rows
+    flips whichever side of its threshold the rows are on.
 
     Example:
         >>> import numpy as np
@@ -334,10 +344,10 @@ def cross_row_sites(
     host = {k: v[:n] for k, v in host.items()}
     if n < 2:
         return ()
-    stacked = {k: np.stack([v, *(_perturbed(v, j) for j in range(n))]) for k, v in host.items()}
-    with TRACE_LOCK:
-        out = jax.jit(jax.vmap(one, in_axes=(None, None, 0)))(key, dict(draw), stacked)
-    out = {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+    try:
+        changed, out = _probe(one, key, draw, host, n, VARIANTS)
+    except Exception:  # a large shift may leave a kernel's domain: real values only
+        changed, out = _probe(one, key, draw, host, n, 1)
     found = []
     for name in sites:
         if name not in out:
@@ -345,14 +355,34 @@ def cross_row_sites(
         base, variants = out[name][0], out[name][1:]
         if rows.follows(name) and base.shape[:1] == (n,):
             moved = any(
-                not _same(np.delete(variants[j], j, axis=0), np.delete(base, j, axis=0))
-                for j in range(n)
+                not _same(np.delete(variants[i], j, axis=0), np.delete(base, j, axis=0))
+                for i, (j, _) in enumerate(changed)
             )
         else:
             moved = any(not _same(v, base) for v in variants)
         if moved:
             found.append(name)
     return tuple(found)
+
+
+def _probe(
+    one: Callable[..., Mapping[str, jax.Array]],
+    key: jax.Array,
+    draw: Mapping[str, Any],
+    host: Mapping[str, np.ndarray],
+    n: int,
+    variants: int,
+) -> tuple[list[tuple[int, int]], dict[str, np.ndarray]]:
+    """Run ``one`` on ``host`` and on every changed copy, vectorised: the changes
+    ``(row, variant)`` and the outputs (the unchanged rows first)."""
+    changed = [(j, variant) for j in range(n) for variant in range(variants)]
+    stacked = {
+        k: np.stack([v, *(_perturbed(v, j, variant) for j, variant in changed)])
+        for k, v in host.items()
+    }
+    with TRACE_LOCK:
+        out = jax.jit(jax.vmap(one, in_axes=(None, None, 0)))(key, dict(draw), stacked)
+    return changed, {k: np.asarray(v) for k, v in jax.device_get(out).items()}
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
