@@ -11,6 +11,7 @@ checks on three devices (see ``test_rows_on_three_devices``).
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -150,13 +151,14 @@ def test_per_row_posterior_on_other_rows_is_refused(models, tmp_path):
     model = models["row_latent"]
     X, y = data(N + 1)
     key = model.rng_key
+    # Persistent stores need aimz-io (absent in the core-only test run).
+    has_io = importlib.util.find_spec("aimz_io") is not None
+    out = {"output_dir": tmp_path} if has_io else {"store": "memory", "return_datatree": False}
     calls = {
-        "predict": lambda: model.predict(X, output_dir=tmp_path, progress=False),
-        "posterior_predictive": lambda: model.sample_posterior_predictive(
-            X, output_dir=tmp_path, progress=False
-        ),
+        "predict": lambda: model.predict(X, progress=False, **out),
+        "posterior_predictive": lambda: model.sample_posterior_predictive(X, progress=False, **out),
         "predict_on_batch": lambda: model.predict_on_batch(X, return_datatree=False),
-        "log_likelihood": lambda: model.log_likelihood(X, y, output_dir=tmp_path, progress=False),
+        "log_likelihood": lambda: model.log_likelihood(X, y, progress=False, **out),
     }
     for name, call in calls.items():
         with pytest.raises(
