@@ -16,7 +16,10 @@ from aimz_io.backend import (
     summarize_effect,
     tree_from_arrays,
 )
+from aimz_io.ppc import ppc_subsample
+from aimz_io.predictive_summary import summarize_predictive
 from aimz_io.provenance import aimz_version
+from aimz_io.summary import summarize_group
 
 # The core finds its IO backend by registration (it never imports aimz_io itself).
 register_backend("aimz_io.backend")
@@ -31,7 +34,10 @@ __all__ = [
     "list_incomplete",
     "make_sink",
     "open_tree",
+    "ppc_subsample",
     "remove_incomplete",
     "summarize_effect",
+    "summarize_group",
+    "summarize_predictive",
     "tree_from_arrays",
 ]

@@ -93,8 +93,11 @@ _LAZY_IO = (
     "format_summary",
     "list_incomplete",
     "open_tree",
+    "ppc_subsample",
     "remove_incomplete",
     "summarize_effect",
+    "summarize_group",
+    "summarize_predictive",
 )
 
 
