@@ -1,9 +1,10 @@
-"""MCMC with NUTS: fit on one batch, keep the chains, draw more with ``sample``.
+"""MCMC with NUTS: fit on one batch, keep the chains, draw more with ``sample``
+============================================================================
 
 MCMC runs through :meth:`aimz.ImpactModel.fit_on_batch` (``fit`` is SVI only). The
-posterior keeps its ``chain`` dimension, so the DataTree that :meth:`sample` returns
-opens in ArviZ directly. :meth:`sample` continues the chains from their last state
-without changing the model's stored posterior.
+posterior keeps its ``chain`` dimension, so the DataTree that
+:meth:`~aimz.ImpactModel.sample` returns opens in ArviZ directly. ``sample`` continues
+the chains from their last state without changing the model's stored posterior.
 
 Run: ``python examples/02_mcmc_sample.py``
 """

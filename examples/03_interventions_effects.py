@@ -1,11 +1,12 @@
 """Interventions and ``estimate_effect``: what if every unit were treated?
+=======================================================================
 
 The kernel models a binary treatment ``t`` that depends on a covariate (so naive
 comparisons are confounded) and an outcome that depends on both. The intervention
 ``{"treatment": 1.0}`` fixes the ``treatment`` sample site with
-``numpyro.handlers.do``; :meth:`aimz.ImpactModel.estimate_effect` runs both scenarios
+:class:`numpyro.handlers.do`; :meth:`aimz.ImpactModel.estimate_effect` runs both scenarios
 with one shared key (paired draws) and returns the difference as a DataTree, which
-``aimz.summarize_effect`` turns into a table.
+:func:`aimz.summarize_effect` turns into a table.
 
 Run: ``python examples/03_interventions_effects.py``
 """
@@ -58,6 +59,32 @@ def main() -> None:
     print("effect of do(treatment=1) vs do(treatment=0), averaged over units:")
     print(format_summary(table))
     assert abs(float(table["mean"].iloc[0]) - TRUE_EFFECT) < 0.3
+    plot_effect(effect, table, naive)
+
+
+def plot_effect(effect, table, naive: float) -> None:
+    """Draw the posterior of the average effect on ``y`` with its HDI (needs matplotlib)."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:  # the example still runs without matplotlib
+        return
+    group = next(g for g in ("predictions", "posterior_predictive") if g in effect.children)
+    y = effect[group]["y"]
+    # One average effect per posterior draw: mean over every non-sample dim.
+    per_draw = y.mean([d for d in y.dims if d not in ("chain", "draw")]).values.ravel()
+    row = table[table["site"] == "y"].iloc[0]
+
+    _, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
+    ax.hist(per_draw, bins=30, color="C0", alpha=0.7, label="posterior draws")
+    ax.axvspan(row["hdi_low"], row["hdi_high"], color="C0", alpha=0.15, label="94% HDI")
+    ax.axvline(row["mean"], color="C0", lw=2, label=f"posterior mean {row['mean']:.2f}")
+    ax.axvline(TRUE_EFFECT, color="k", ls="--", label=f"true effect {TRUE_EFFECT}")
+    ax.axvline(naive, color="C3", ls=":", label=f"naive difference {naive:.2f}")
+    ax.set_xlabel("average effect of do(treatment=1) vs do(treatment=0) on y")
+    ax.set_ylabel("draws")
+    ax.legend(loc="upper center", fontsize="small")
+    if plt.get_backend().lower() != "agg":
+        plt.show()
 
 
 if __name__ == "__main__":

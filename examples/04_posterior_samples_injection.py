@@ -1,4 +1,5 @@
-"""Use posterior samples computed elsewhere with ``set_posterior_sample``.
+"""Use posterior samples computed elsewhere with ``set_posterior_sample``
+======================================================================
 
 No fitting here: the posterior of a conjugate Bayesian linear regression (known
 noise scale, Normal prior) is computed in closed form with NumPy, sampled, and

@@ -1,4 +1,5 @@
-"""Stream a prediction larger than you want in memory to a Zarr store on disk.
+"""Stream a prediction larger than you want in memory to a Zarr store on disk
+==========================================================================
 
 :meth:`aimz.ImpactModel.predict` computes the draws batch by batch (``batch_size``
 rows at a time) with one jitted function and writes every finished block into a

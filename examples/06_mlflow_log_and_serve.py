@@ -1,12 +1,19 @@
-"""Log a fitted model to MLflow, load it back, predict through pyfunc, and serve it.
+"""Log a fitted model to MLflow, load it back, predict through pyfunc, and serve it
+================================================================================
 
 The run goes to a throwaway local tracking store (SQLite in a temporary folder).
 :func:`aimz.mlflow.log_model` stores the pickled model (posterior included) as an
 MLflow ``LoggedModel``; :func:`aimz.mlflow.load_model` returns the
-:class:`~aimz.ImpactModel`, and ``mlflow.pyfunc.load_model`` the generic wrapper
+:class:`~aimz.ImpactModel`, and :func:`mlflow.pyfunc.load_model` the generic wrapper
 whose ``predict`` returns plain arrays with ``params={"return_datatree": False}``.
 
 Serving is not started here (it blocks); the script prints the command and a request.
+
+.. note::
+
+   This example is not executed when the documentation is built: it needs MLflow's
+   tracking store and prints the ``mlflow models serve`` command to run by hand.
+   Run it yourself to see its output.
 
 Run: ``python examples/06_mlflow_log_and_serve.py``
 """
