@@ -27,11 +27,13 @@ EXPECTED = {
     "04_posterior_samples_injection.py": "injected 1000 draws of w; fitted: True",
     "05_streaming_large_prediction.py": "xarray.open_zarr sees:",
     "06_mlflow_log_and_serve.py": "mlflow models serve -m models:/",
+    "07_model_comparison.py": "elpd_loo difference (curve - line):",
 }
 NEEDS = {
     "03_interventions_effects.py": "aimz_io",
     "05_streaming_large_prediction.py": "aimz_io",
     "06_mlflow_log_and_serve.py": "aimz_mlflow",
+    "07_model_comparison.py": "aimz_io",
 }
 
 

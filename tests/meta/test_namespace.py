@@ -40,6 +40,10 @@ IO_NAMES = [
     "list_incomplete",
     "remove_incomplete",
     "IncompleteStore",
+    "loo",
+    "ppc_subsample",
+    "summarize_group",
+    "summarize_predictive",
 ]
 MLFLOW_NAMES = [
     "save_model",

@@ -5,6 +5,7 @@ The functions the core calls live in :mod:`aimz_io.backend`.
 
 from aimz_core.backend import register_backend
 
+from aimz_io._loo import LooResult, loo
 from aimz_io.backend import (
     IncompleteStore,
     effect_tree,
@@ -28,10 +29,12 @@ __version__ = aimz_version()
 
 __all__ = [
     "IncompleteStore",
+    "LooResult",
     "__version__",
     "effect_tree",
     "format_summary",
     "list_incomplete",
+    "loo",
     "make_sink",
     "open_tree",
     "ppc_subsample",

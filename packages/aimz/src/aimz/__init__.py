@@ -92,6 +92,7 @@ _LAZY_IO = (
     "effect_tree",
     "format_summary",
     "list_incomplete",
+    "loo",
     "open_tree",
     "ppc_subsample",
     "remove_incomplete",
