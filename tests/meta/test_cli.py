@@ -7,6 +7,7 @@ with ``aimz predict``. Error cases run ``aimz.cli.main`` in-process where possib
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sqlite3
@@ -53,7 +54,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tracking_uri = re.search(r"--tracking-uri (sqlite:///\S+)", stdout)
     run_id = re.search(r"MLflow run id\s+([0-9a-f]+)", stdout)
     model_dir = re.search(r"MLflow model files\s+(\S+)", stdout)
-    assert model_uri and tracking_uri and run_id and model_dir, stdout
+    elpd = re.search(
+        r"PSIS-LOO of y: elpd_loo (-?[0-9.]+) ± ([0-9.]+) \(p_loo (-?[0-9.]+);", stdout
+    )
+    assert model_uri and tracking_uri and run_id and model_dir and elpd, stdout
     return {
         "root": root,
         "out": out,
@@ -62,7 +66,19 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "tracking_uri": tracking_uri.group(1),
         "run_id": run_id.group(1),
         "model_dir": Path(model_dir.group(1)),
+        "printed_loo": {
+            "elpd_loo": float(elpd.group(1)),
+            "elpd_loo_se": float(elpd.group(2)),
+            "p_loo": float(elpd.group(3)),
+        },
     }
+
+
+def _run_values(demo: dict, table: str) -> dict:
+    """``{key: value}`` of the demo run's ``params`` or ``latest_metrics``."""
+    query = f"select key, value from {table} where run_uuid = ?"
+    with sqlite3.connect(demo["out"] / "mlflow.db") as conn:
+        return dict(conn.execute(query, (demo["run_id"],)).fetchall())
 
 
 @pytest.mark.slow
@@ -81,7 +97,7 @@ def test_demo_prints_summary_and_command(demo: dict) -> None:
 def test_demo_zarr_stores_open_with_xarray(demo: dict) -> None:
     import xarray as xr
 
-    stores = sorted((demo["out"] / "outputs").iterdir())
+    stores = sorted((demo["out"] / "outputs").glob("*_predict"))
     assert len(stores) == 2
     means = []
     for store in stores:
@@ -91,6 +107,56 @@ def test_demo_zarr_stores_open_with_xarray(demo: dict) -> None:
         means.append(float(ds["y"].mean()))
     # do(treatment=1) raises revenue on average.
     assert means[1] > means[0]
+    (loglik,) = (demo["out"] / "outputs").glob("*_log_likelihood")
+    ll = xr.open_zarr(loglik, consolidated=False)["y"]
+    assert ll.shape == (500, 2000)  # (draw, customer); one chain
+    assert np.isfinite(ll.values).all() and (ll.values < 0.5).all()
+    assert (loglik / "loo" / "y").is_dir()  # the pointwise LOO results, written there
+
+
+@pytest.mark.slow
+def test_demo_logs_loo(demo: dict) -> None:
+    metrics = _run_values(demo, "latest_metrics")
+    keys = ("elpd_loo", "elpd_loo_se", "p_loo", "pareto_k_bad_share")
+    assert set(keys) <= set(metrics)
+    assert all(np.isfinite(metrics[key]) for key in keys)
+    assert metrics["elpd_loo_se"] > 0 and 0 <= metrics["pareto_k_bad_share"] <= 1
+    # The printed line rounds the logged values to 2 decimals.
+    for key, printed in demo["printed_loo"].items():
+        assert printed == pytest.approx(metrics[key], abs=0.0051), key
+    # Gaussian noise with sigma 0.5: E[log density] = -log(2 pi 0.25) / 2 - 1/2 per row.
+    per_row = -0.5 * np.log(2 * np.pi * 0.25) - 0.5
+    assert metrics["elpd_loo"] / 2000 == pytest.approx(per_row, abs=0.05)
+    assert 0 < metrics["p_loo"] < 20  # 6 parameters of y, an approximate posterior
+
+
+@pytest.mark.slow
+def test_demo_loo_equals_arviz(demo: dict) -> None:
+    arviz_stats = pytest.importorskip("arviz_stats")
+    import xarray as xr
+
+    (loglik,) = (demo["out"] / "outputs").glob("*_log_likelihood")
+    values = xr.open_zarr(loglik, consolidated=False)["y"].values[None]  # add the chain
+    ll = xr.Dataset({"y": (("chain", "draw", "customer"), values)})
+    tree = xr.DataTree.from_dict({"log_likelihood": ll})
+    ref = arviz_stats.loo(tree, var_name="y", reff=1.0)  # one chain
+    metrics = _run_values(demo, "latest_metrics")
+    assert metrics["elpd_loo"] == pytest.approx(float(ref.elpd), rel=1e-6)
+    assert metrics["elpd_loo_se"] == pytest.approx(float(ref.se), rel=1e-5)
+    assert metrics["p_loo"] == pytest.approx(float(ref.p), rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_demo_plots_the_true_effect(demo: dict) -> None:
+    params = _run_values(demo, "params")
+    metrics = _run_values(demo, "latest_metrics")
+    table = np.loadtxt(demo["out"] / "data.csv", delimiter=",", skiprows=1)
+    share_treated = float(table[:, 3].mean())  # columns: 3 features, t, y
+    true_effect = float(params["true_average_effect"])
+    assert true_effect == pytest.approx(0.6 * (1 - share_treated), abs=1e-5)
+    assert metrics["effect_mean"] == pytest.approx(true_effect, abs=0.05)
+    fallback = "drew the plot with matplotlib" in demo["stdout"]
+    assert fallback == (importlib.util.find_spec("arviz_plots") is None)
 
 
 @pytest.mark.slow

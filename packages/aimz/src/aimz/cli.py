@@ -208,6 +208,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"posterior mean of tau (effect per treated customer): {result.stats['tau_mean']:.3f}"
         f" (true value 0.6); share untreated: {result.stats['share_untreated']:.3f}"
     )
+    print(f"true average effect of do(treatment=1): {result.true_effect:.3f}")
+    loo = result.loo
+    print(f"PSIS-LOO of revenue: elpd_loo {loo.elpd:.2f} (se {loo.se:.2f}), p_loo {loo.p:.2f}")
     print()
     print("Artifacts:")
     rows = [
@@ -216,6 +219,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ("scoring inputs", f"{result.scoring_npy}, {result.scoring_npz}"),
         ("Zarr baseline", result.baseline_zarr),
         ("Zarr do(treatment=1)", result.intervention_zarr),
+        ("Zarr log-likelihood (LOO)", result.loglik_zarr),
         ("effect summary", result.summary_csv),
         ("effect plot", result.plot_png),
         ("MLflow tracking URI", result.tracking_uri),

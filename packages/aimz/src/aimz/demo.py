@@ -15,11 +15,16 @@ it. The kernel :func:`marketing_model` models both the treatment assignment and 
 revenue, and the demo asks "what if every customer had received the campaign?" with
 a real ``numpyro.handlers.do`` intervention on the ``treatment`` site
 (``intervention={"treatment": 1.0}``) against the baseline in which ``t`` is what
-was observed. The expected average effect is ``0.6 * share of untreated customers``.
+was observed. Treated customers change nothing, untreated ones gain ``0.6``, so the
+true average effect is ``0.6 * share of untreated customers``
+(:func:`true_average_effect`).
 
 :func:`run_demo` fits the model with SVI, streams both scenarios to Zarr, estimates
-and summarizes the effect, plots it with ArviZ and logs the run and the model to a
-local MLflow store; every artifact goes under one folder.
+and summarizes the effect, streams the pointwise log-likelihood of the revenue to
+Zarr and computes PSIS-LOO from it (``aimz_io.loo``), plots the effect
+against the true one (arviz-plots, or Matplotlib where ArviZ 1.x is not installed)
+and logs the run and the model to a local MLflow store; every artifact goes under
+one folder.
 
 Example:
     >>> data = make_marketing_data(n_rows=10, seed=0)
@@ -29,6 +34,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import sys
 import threading
@@ -41,6 +48,8 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import numpy as np
+
+from aimz._demo_plot import arviz_plots_missing, plot_effect
 
 #: Names of the columns of ``X``, in order.
 FEATURES = ("past_spend", "tenure", "engagement")
@@ -93,6 +102,33 @@ def make_marketing_data(n_rows: int = N_ROWS, seed: int = 0) -> dict[str, np.nda
     }
 
 
+def true_average_effect(t: Any) -> float:
+    """The true average effect of ``do(treatment=1)`` against the observed treatment.
+
+    In the simulation the campaign adds ``tau`` to a customer's revenue, so forcing
+    it on everyone changes nothing for those already treated and adds ``tau`` for
+    the others: the average over customers is ``tau * (1 - mean(t))``. It is the
+    value the demo's effect estimate targets.
+
+    Args:
+        t: Observed treatment (0/1) per customer.
+
+    Returns:
+        ``TRUE_PARAMS["tau"]`` times the share of untreated customers.
+
+    Raises:
+        ValueError: When ``t`` is empty or not all 0/1.
+
+    Example:
+        >>> true_average_effect(np.array([0.0, 1.0, 0.0, 1.0]))
+        0.3
+    """
+    values = np.asarray(t, dtype=float).ravel()
+    if values.size == 0 or not np.isin(values, (0.0, 1.0)).all():
+        raise ValueError("`t` must be a non-empty array of 0/1 treatment indicators.")
+    return float(TRUE_PARAMS["tau"] * (1.0 - values.mean()))
+
+
 def marketing_model(X: Any, t: Any = None, y: Any = None) -> None:
     """NumPyro kernel: who gets the campaign (``treatment``) and what they spend (``y``).
 
@@ -136,8 +172,11 @@ class DemoResult:
         scoring_npz: The same, with their planned treatment ``t``.
         baseline_zarr: Zarr store of the baseline posterior predictive draws.
         intervention_zarr: Zarr store of the ``do(treatment=1)`` draws.
+        loglik_zarr: Zarr store of the pointwise log-likelihood of ``y`` on the
+            training data (the input of PSIS-LOO).
         summary_csv: The effect summary table.
-        plot_png: The effect distribution plot.
+        plot_png: The effect plot: posterior of the average effect, its HDI, mean
+            and the true effect.
         tracking_uri: MLflow tracking URI (SQLite file in ``out_dir``).
         artifact_root: MLflow artifact location of the experiment.
         run_id: MLflow run id.
@@ -146,7 +185,11 @@ class DemoResult:
         model_dir: Local folder of the logged model's files (``MLmodel``,
             ``model.pkl``, ...); also a valid model URI.
         summary: The summary table as text.
-        stats: Headline numbers (effect mean, sd, HDI, ...).
+        stats: Headline numbers (effect mean, sd, HDI, ``elpd_loo``, ...), all
+            logged as MLflow metrics.
+        loo: The PSIS-LOO result (``aimz_io.loo``'s return value).
+        true_effect: The true average effect (:func:`true_average_effect`).
+        plot_backend: ``"arviz"`` or ``"matplotlib"``: what drew the plot.
         timings: Seconds spent in each step.
         seconds: Wall time of the run.
     """
@@ -157,6 +200,7 @@ class DemoResult:
     scoring_npz: Path
     baseline_zarr: Path
     intervention_zarr: Path
+    loglik_zarr: Path
     summary_csv: Path
     plot_png: Path
     tracking_uri: str
@@ -167,6 +211,9 @@ class DemoResult:
     model_dir: Path
     summary: str
     stats: dict[str, float] = field(default_factory=dict)
+    loo: Any = None
+    true_effect: float = float("nan")
+    plot_backend: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -200,7 +247,7 @@ class _Background:
 def _prepare_mlflow(tracking_uri: str, artifact_root: str) -> str:
     """Import MLflow, create the SQLite store and the experiment; return its id.
 
-    Also imports the plotting stack, so that both slow imports overlap the fit.
+    Also imports the plotting and LOO stacks, so that the slow imports overlap the fit.
     """
     import mlflow
 
@@ -212,61 +259,15 @@ def _prepare_mlflow(tracking_uri: str, artifact_root: str) -> str:
         experiment_id = client.create_experiment(EXPERIMENT, artifact_location=artifact_root)
     else:
         experiment_id = experiment.experiment_id
-    try:
+    with contextlib.suppress(Exception):
         import matplotlib
 
         matplotlib.use("Agg")
-        import arviz_plots  # noqa: F401
-    except ImportError:
-        pass
+    for name in ("matplotlib.pyplot", "arviz_plots", "arviz_stats", "aimz_io._loo"):
+        # Optional or broken: the step that needs it reports it.
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
     return experiment_id
-
-
-def plot_effect(average_effect: np.ndarray, path: Path, *, num_chains: int = 1) -> str:
-    """Write the distribution of the per-draw average effect to a PNG.
-
-    Uses ArviZ 1.x (``arviz_plots.plot_dist``); falls back to a Matplotlib
-    histogram when ArviZ is not installed (Python 3.11).
-
-    Args:
-        average_effect: One value per draw (flattened over chains).
-        path: Where to write the PNG.
-        num_chains: Chains the draws are made of.
-
-    Returns:
-        ``"arviz"`` or ``"matplotlib"``: which one drew the plot.
-
-    Example:
-        >>> import tempfile
-        >>> out = Path(tempfile.mkdtemp()) / "e.png"
-        >>> plot_effect(np.random.default_rng(0).normal(size=200), out) in ("arviz", "matplotlib")
-        True
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    values = np.asarray(average_effect, dtype=float).reshape(num_chains, -1)
-    try:
-        import arviz_plots
-        import xarray as xr
-    except ImportError:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.hist(values.ravel(), bins=40, color="C0")
-        ax.set_xlabel("average effect on revenue per customer")
-        ax.set_title("Effect of do(treatment=1)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return "matplotlib"
-    tree = xr.DataTree.from_dict(
-        {"posterior": xr.Dataset({"average_effect": (("chain", "draw"), values)})}
-    )
-    pc = arviz_plots.plot_dist(tree, var_names=["average_effect"], backend="matplotlib")
-    pc.savefig(str(path), dpi=100)
-    plt.close("all")
-    return "arviz"
 
 
 def run_demo(
@@ -280,7 +281,10 @@ def run_demo(
 
     Steps: generate data, fit :func:`marketing_model` with SVI, stream the baseline
     and the ``do(treatment=1)`` scenario to Zarr, estimate and summarize the effect,
-    plot it, and log params, metrics, plot and model to MLflow (SQLite).
+    stream the log-likelihood of ``y`` to Zarr and compute PSIS-LOO from it, plot the
+    effect against the true one, and log params, metrics (effect and LOO), plot and
+    model to MLflow (SQLite). The LOO line (``elpd_loo ± se``) and, where
+    arviz-plots is missing, a note on the Matplotlib fallback go to ``echo``.
 
     Args:
         out_dir: The demo folder (created if missing; reruns add new outputs).
@@ -315,7 +319,7 @@ def run_demo(
 
     from tqdm.auto import tqdm
 
-    steps = tqdm(total=6, desc="aimz demo", unit="step", disable=not progress, file=sys.stderr)
+    steps = tqdm(total=7, desc="aimz demo", unit="step", disable=not progress, file=sys.stderr)
     timings: dict[str, float] = {}
     clock = [time.perf_counter(), ""]
 
@@ -409,13 +413,52 @@ def run_demo(
     }
     steps.update()
 
-    # 5. plot -------------------------------------------------------------------
-    step("plotting the effect")
-    plot_png = out / "effect.png"
-    plot_effect(average, plot_png, num_chains=int(effect.attrs.get("num_chains", 1)))
+    # 5. PSIS-LOO ---------------------------------------------------------------
+    step("computing PSIS-LOO")
+    from aimz_io import loo
+
+    loglik = model.log_likelihood(
+        data["X"],
+        data["y"],
+        t=data["t"],
+        rng_key=jax.random.key(seed + 2),
+        batch_size=BATCH_SIZE,
+        output_dir=outputs,
+        progress=progress,
+    )
+    elpd = loo(loglik, var_name="y", write=True)  # pointwise results: <store>/loo/y
+    bad_k = float((np.asarray(elpd.pareto_k) > elpd.good_k).mean())
+    stats.update(
+        {
+            "elpd_loo": float(elpd.elpd),
+            "elpd_loo_se": float(elpd.se),
+            "p_loo": float(elpd.p),
+            "pareto_k_bad_share": bad_k,
+        }
+    )
+    echo(
+        f"PSIS-LOO of y: elpd_loo {stats['elpd_loo']:.2f} ± {stats['elpd_loo_se']:.2f}"
+        f" (p_loo {stats['p_loo']:.2f}; {bad_k:.1%} of Pareto k > {elpd.good_k:.2f})"
+    )
     steps.update()
 
-    # 6. MLflow -----------------------------------------------------------------
+    # 6. plot -------------------------------------------------------------------
+    step("plotting the effect")
+    plot_png = out / "effect.png"
+    true_effect = true_average_effect(data["t"])
+    plot_backend = plot_effect(
+        average,
+        plot_png,
+        true_effect=true_effect,
+        hdi_prob=0.94,
+        num_chains=int(effect.attrs.get("num_chains", 1)),
+    )
+    if plot_backend == "matplotlib":
+        reason = arviz_plots_missing() or "arviz-plots failed (see the warning above)"
+        echo(f"{reason}; drew the plot with matplotlib")
+    steps.update()
+
+    # 7. MLflow -----------------------------------------------------------------
     step("logging to MLflow")
     experiment_id = mlflow_ready.result()
     import mlflow
@@ -435,6 +478,9 @@ def run_demo(
                 "kernel": "aimz.demo.marketing_model",
                 "intervention": "do(treatment=1)",
                 "true_tau": TRUE_PARAMS["tau"],
+                "true_average_effect": round(true_effect, 6),
+                "loo_var_name": "y",
+                "loo_pareto_k_threshold": round(float(elpd.good_k), 6),
             }
         )
         mlflow.log_metrics(stats)
@@ -459,6 +505,7 @@ def run_demo(
         scoring_npz=scoring_npz,
         baseline_zarr=Path(baseline.attrs["artifact_path"]),
         intervention_zarr=Path(intervention.attrs["artifact_path"]),
+        loglik_zarr=Path(loglik.attrs["artifact_path"]),
         summary_csv=summary_csv,
         plot_png=plot_png,
         tracking_uri=tracking_uri,
@@ -469,6 +516,9 @@ def run_demo(
         model_dir=model_dir,
         summary=summary,
         stats=stats,
+        loo=elpd,
+        true_effect=true_effect,
+        plot_backend=plot_backend,
         timings=timings,
         seconds=time.perf_counter() - start,
     )
@@ -480,6 +530,7 @@ __all__ = [
     "DemoResult",
     "make_marketing_data",
     "marketing_model",
+    "true_average_effect",
     "plot_effect",
     "run_demo",
 ]
