@@ -143,23 +143,38 @@ def run_plan(
     else:
         sink = MemorySink()
     runner, arrays = model._runner(), plan.arrays
+    tuned = None
     if plan.shard_axis == "obs":
+        from aimz_core.streaming._autotune import TunedLaunch, tunable
+
+        # A tunable call may compute its batches with a measured formulation.
+        compute = runner.launch
+        if tunable(plan, runner):
+            tuned = TunedLaunch(runner, plan)
+            compute = lambda _plan, i, start, rows: tuned(i, start, rows)  # noqa: E731
 
         def launch(i: int, start: int, stop: int) -> dict[str, jax.Array]:
             rows = {k: host_rows(v, start, stop) for k, v in arrays.items()}
-            return runner.launch(plan, i, start, rows)
+            return compute(plan, i, start, rows)
 
     else:
 
         def launch(i: int, start: int, stop: int) -> dict[str, jax.Array]:
             return runner.launch(plan, i, start, arrays)
 
-    return stream(
-        plan.ranges,
-        launch,
-        stream_axis=plan.stream_axis,
-        sink=sink,
-        info=plan.info,
-        progress=progress,
-        desc=plan.desc,
-    )
+    completed = False
+    try:
+        result = stream(
+            plan.ranges,
+            launch,
+            stream_axis=plan.stream_axis,
+            sink=sink,
+            info=plan.info,
+            progress=progress,
+            desc=plan.desc,
+        )
+        completed = True
+    finally:
+        if tuned is not None:
+            tuned.finish(completed)
+    return result

@@ -94,6 +94,10 @@ class StreamPlan:
         desc: Progress bar description.
         arrays: The input arrays (NumPy, JAX or lazy arrays such as Dask or Zarr);
             dropped by :meth:`for_workers`.
+        runtime: Device buffers of this process (not pickled).
+        auto_batch: Whether the planner chose the batch size (no ``batch_size``, no
+            data loader): only such calls may be autotuned
+            (:mod:`~aimz_core.streaming._autotune`).
     """
 
     kind: str
@@ -114,6 +118,7 @@ class StreamPlan:
     desc: str
     arrays: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     runtime: dict[Any, Any] = dataclasses.field(default_factory=dict, repr=False)
+    auto_batch: bool = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -362,6 +367,7 @@ def plan_call(
             size=size,
         )
 
+    auto_batch = batch_size is None
     if batch_size is None:
         entry = runner.function(config, bound.extras)
         batch_size = _auto_size(entry, args_for, total, ndev, key, shard_axis == "obs")
@@ -409,6 +415,7 @@ def plan_call(
         info=info,
         desc=f"{options.desc} [{', '.join(layouts)}]",
         arrays=arrays,
+        auto_batch=auto_batch,
     )
 
 

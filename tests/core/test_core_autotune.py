@@ -1,0 +1,176 @@
+"""Plan choice by measurement (``aimz_core.streaming._autotune``): a tunable call times
+its candidates once, stores the winner in memory and on disk, and every formulation
+gives the planner's draws to float tolerance; fixed batch sizes and the draw path are
+never tuned."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+
+import jax
+import numpy as np
+import pytest
+from aimz_core.streaming import _autotune as at
+from aimz_core.streaming.options import StreamOptions
+from aimz_core.streaming.plan import plan_call, resolve_inputs
+from aimz_core.testing import fitted_linreg
+
+from ..aimz_testing import child_env
+
+ROWS = 30
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fitted_linreg()
+
+
+@pytest.fixture(scope="module")
+def X():
+    return np.random.default_rng(0).normal(size=(ROWS, 2)).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def tuning(monkeypatch, tmp_path):
+    """Tune even a 30-row call; choices stored under the test's own cache dir."""
+    monkeypatch.setenv("AIMZ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AIMZ_AUTOTUNE", "1")
+    monkeypatch.setenv("AIMZ_AUTOTUNE_MIN_SLICES", "1")
+    at.forget()
+    yield
+    at.forget()
+
+
+def _predict(model, X, **kwargs):
+    out = model.predict(
+        X, rng_key=jax.random.key(3), return_datatree=False, progress=False, **kwargs
+    )
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def reference(model, X):
+    """The planner's program (tuning off)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIMZ_AUTOTUNE", "0")
+        return _predict(model, X)
+
+
+def _close(a, b):
+    assert a.keys() == b.keys()
+    for site in a:
+        np.testing.assert_allclose(a[site], b[site], rtol=1e-5, atol=1e-5)
+
+
+def test_winner_is_stored_and_reused(model, X, reference, tmp_path):
+    first = _predict(model, X)
+    assert at.COUNTS["tuned"] == 1 and at.COUNTS["timed"] > 0
+    saved = list((tmp_path / "cache" / "autotune").glob("*.json"))
+    assert len(saved) == 1
+    stored = json.loads(saved[0].read_text())
+    assert stored["mode"] in ("map", "vmap")
+    assert set(stored["seconds_per_draw"]) >= {"map"}
+    timed = at.COUNTS["timed"]
+    second = _predict(model, X)
+    assert at.COUNTS["timed"] == timed and at.COUNTS["tuned"] == 1
+    assert at.COUNTS["reused"] == 1
+    _close(first, reference)
+    _close(second, reference)
+
+
+@pytest.mark.parametrize("winner", [at.Formulation("map"), at.Formulation("vmap", 2)])
+def test_every_formulation_matches_the_planner(model, X, reference, monkeypatch, winner):
+    # Force the winner: the tuning call mixes candidates, the next runs the winner alone.
+    monkeypatch.setattr(at, "choose", lambda times, default: winner)
+    tuned = _predict(model, X)
+    assert at.COUNTS["tuned"] == 1
+    stored = _predict(model, X)
+    assert at.COUNTS["reused"] == 1
+    _close(tuned, reference)
+    _close(stored, reference)
+
+
+def test_switched_off(model, X, reference, monkeypatch, tmp_path):
+    monkeypatch.setenv("AIMZ_AUTOTUNE", "0")
+    out = _predict(model, X)
+    assert at.COUNTS == {"timed": 0, "tuned": 0, "reused": 0, "loaded": 0}
+    assert not (tmp_path / "cache" / "autotune").exists()
+    for site in out:  # exactly the planner's program
+        np.testing.assert_array_equal(out[site], reference[site])
+
+
+def test_fixed_batch_size_is_never_tuned(model, X):
+    out = _predict(model, X, batch_size=8)
+    assert at.COUNTS == {"timed": 0, "tuned": 0, "reused": 0, "loaded": 0}
+    assert out["y"].shape == (100, ROWS)
+    opts = StreamOptions(
+        kind="predict", caller="predict", batch_size=8, store="memory", return_datatree=False
+    )
+    plan = plan_call(opts, resolve_inputs(model, X, None, opts), model._runner(), param_input="X")
+    assert not plan.auto_batch and plan.size == 8
+
+
+def test_draw_path_is_bit_identical(model, X, monkeypatch):
+    on = _predict(model, X, shard_axis="draw")
+    assert at.COUNTS["tuned"] == 0 and at.COUNTS["timed"] == 0
+    monkeypatch.setenv("AIMZ_AUTOTUNE", "0")
+    off = _predict(model, X, shard_axis="draw")
+    for site in on:
+        np.testing.assert_array_equal(on[site], off[site])
+
+
+def test_threads_tune_once(model, X, reference):
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(_predict(model, X))
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 4
+    assert at.COUNTS["tuned"] == 1  # the others ran the planner's program meanwhile
+    for out in results:
+        _close(out, reference)
+    assert len(at._MEMORY) == 1 and not at._BUSY
+
+
+CHILD = textwrap.dedent(
+    """
+    import json
+    import jax, numpy as np
+    from aimz_core.streaming import _autotune as at
+    from aimz_core.testing import fitted_linreg
+
+    X = np.random.default_rng(0).normal(size=(30, 2)).astype(np.float32)
+    out = fitted_linreg().predict(
+        X, rng_key=jax.random.key(3), return_datatree=False, progress=False
+    )
+    print(json.dumps({"counts": at.COUNTS, "mu": np.asarray(out["mu"]).tolist()}))
+    """
+)
+
+
+def test_second_process_reads_the_choice(model, X, tmp_path, reference):
+    _predict(model, X)  # tunes here, stores under tmp_path / "cache"
+    assert at.COUNTS["tuned"] == 1
+    assert list((tmp_path / "cache" / "autotune").glob("*.json"))
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = child_env(1, AIMZ_CACHE_DIR=str(tmp_path / "cache"), AIMZ_AUTOTUNE="1")
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert child["counts"] == {"timed": 0, "tuned": 0, "reused": 1, "loaded": 1}
+    np.testing.assert_allclose(child["mu"], reference["mu"], rtol=1e-5, atol=1e-5)
