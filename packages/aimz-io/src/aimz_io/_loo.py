@@ -68,19 +68,33 @@ class LooResult:
     and the ArviZ LOO plots accept.
     """
 
+    #: Expected log pointwise predictive density, summed over observations.
     elpd: float
+    #: Standard error of ``elpd``.
     se: float
+    #: Effective number of parameters (``p_loo``).
     p: float
+    #: Draws (``chain x draw``).
     n_samples: int
+    #: Observations.
     n_data_points: int
+    #: Scale of ``elpd`` (``"log"``).
     scale: str
+    #: Whether some Pareto k-hat exceeds ``good_k``.
     warning: bool
+    #: Threshold of a reliable Pareto k-hat, ``min(1 - 1/log10(n_samples), 0.7)``.
     good_k: float
+    #: Pointwise elpd, one value per observation (lazy when computed by Dask).
     elpd_i: Any = None
+    #: Pareto k-hat per observation.
     pareto_k: Any = None
+    #: Always ``False`` here (the draws are the posterior itself).
     approx_posterior: bool = False
+    #: Not kept (``None``): smoothed weights are as large as the log-likelihood.
     log_weights: Any = None
+    #: Pointwise ``p_loo``.
     p_loo_i: Any = None
+    #: ``"loo"``.
     kind: str = "loo"
 
 
