@@ -12,12 +12,16 @@ import time
 import warnings
 from pathlib import Path
 
+from bench import floor as FL
 from bench import modes as M
 from bench.report import machine, render
 from bench.runner import first_call, has_io, log, run_case
 from bench.workloads import CASES, cases, fit_posterior
 
 HERE = Path(__file__).resolve().parent
+#: Cases of a plain ``python -m bench`` (full sizes): the issue-16 targets that fit in
+#: 15 minutes on the 2-core bench machine; ``--workload all`` runs every case.
+DEFAULT_FULL_CASES = "mlp-1000x10K,mlp-10x200K,linear-1000x500K"
 #: Where reports go unless ``--out`` says otherwise (index: ``results/README.md``).
 RESULTS_DIR = HERE / "results"
 
@@ -27,7 +31,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="scaled-down cases (< 3 min)")
     p.add_argument(
         "--workload",
-        help="comma-separated workloads (mlp, linear, latent) or case names: " + ", ".join(CASES),
+        help="comma-separated workloads (mlp, linear, latent), case names ("
+        + ", ".join(CASES)
+        + ") or 'all'; default (full sizes): "
+        + DEFAULT_FULL_CASES
+        + " (under 15 minutes), every quick case with --quick",
     )
     p.add_argument(
         "--modes",
@@ -35,6 +43,28 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated subset of: " + ", ".join(M.MODES),
     )
     p.add_argument("--repeats", type=int, help="timed repeats per mode (default 3 quick, 1 full)")
+    p.add_argument(
+        "--no-floor-sweep",
+        action="store_true",
+        help="skip the independent floor (bench/floor.py: sweep of simple formulations)",
+    )
+    p.add_argument(
+        "--floor-budget",
+        type=float,
+        default=FL.DEFAULT_BUDGET,
+        help="cells (draws x rows) each floor formulation is swept on (default 1e7)",
+    )
+    p.add_argument(
+        "--floor-repeats",
+        type=int,
+        default=3,
+        help="whole-case runs of the floor's winner, alternating with the engine (default 3)",
+    )
+    p.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="skip the embedded-latency run (python -m bench.latency)",
+    )
     p.add_argument(
         "--mem-limit-gib",
         type=float,
@@ -85,7 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown modes: {sorted(unknown)}")
     repeats = args.repeats or (3 if args.quick else 1)
-    selected = cases(args.quick, args.workload)
+    workload = args.workload or (None if args.quick else DEFAULT_FULL_CASES)
+    if workload == "all":
+        workload = None
+    selected = cases(args.quick, workload)
     if not selected:
         raise SystemExit(f"no case matches {args.workload!r}")
     io_ok = has_io()
@@ -114,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
                     profile=args.profile,
                     profile_dir=HERE / "profiles",
                     warm_io=len(results) == 0,
+                    floor_sweep=not args.no_floor_sweep,
+                    floor_budget=int(args.floor_budget),
+                    floor_repeats=args.floor_repeats,
                 )
             )
             first_mode = args.first_call or ("one" if args.quick else "all")
@@ -128,6 +164,12 @@ def main(argv: list[str] | None = None) -> None:
                 fc = first_call(small[0], posteriors[case.workload], io_ok)
                 log(f"  -> {json.dumps(fc)[:300]}")
                 first_calls.append(fc)
+        if not args.no_latency:
+            from bench import latency
+
+            log("embedded latency (bench.latency)")
+            meta["latency"] = latency.run(calls=200)
+            log("  " + latency.render(meta["latency"]).splitlines()[0])
     finally:
         M._OUT.cleanup()
     meta["elapsed_s"] = time.perf_counter() - t_start

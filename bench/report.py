@@ -94,6 +94,17 @@ def targets(results: list[dict[str, Any]], first_calls: list[dict[str, Any]]) ->
                         status(m["ratio_wall"] <= target),
                     )
                 )
+        ind = res.get("independent_floor", {}).get("retime")
+        if target is not None and ind:
+            rows.append(
+                (
+                    f"issue 16: predict wall <= {target:.2f}x the independent floor",
+                    name,
+                    f"{ind['ratio']:.3f}x ({res['independent_floor']['engine_mode']} "
+                    f"{ind['engine_s']:.3f}s vs {ind['formulation']} {ind['floor_s']:.3f}s)",
+                    status(ind["ratio"] <= target),
+                )
+            )
         ob = res["modes"].get("on_batch")
         label = "predict_on_batch <= 1.1x floor, peak RSS <= output + 100 MiB"
         if ob and "ratio_wall" in ob:
@@ -230,6 +241,13 @@ def targets(results: list[dict[str, Any]], first_calls: list[dict[str, Any]]) ->
     return rows
 
 
+def independent_floor_lines(res: dict[str, Any], case_name: str, engine: str) -> list[str]:
+    """The independent floor's table for one case (see ``bench.floor``)."""
+    from bench.floor import render as render_floor
+
+    return render_floor(res, case_name, f"`{engine}`")
+
+
 def render(
     meta: dict[str, Any],
     results: list[dict[str, Any]],
@@ -345,7 +363,15 @@ def render(
                         else ""
                     ),
                 ]
+            if res.get("independent_floor"):
+                engine = res["independent_floor"].get("engine_mode", "engine")
+                out += ["", *independent_floor_lines(res["independent_floor"], c["name"], engine)]
             out.append("")
+    if meta.get("latency"):
+        from bench.latency import render as render_latency
+
+        out += ["## Embedded latency (`python -m bench.latency`)", ""]
+        out += [render_latency(meta["latency"]), ""]
     if first_calls:
         out += [
             "## First call in a fresh process",
@@ -382,7 +408,7 @@ def render(
                 )
         out.append("")
     out += [
-        "## Targets (issue 7)",
+        "## Targets (issues 7 and 16)",
         "",
         "| target | case | measured | status |",
         "|---|---|---|---|",

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from bench import floor as FL
 from bench import modes as M
 from bench.measure import EngineProbe, measure, median
 from bench.workloads import Case, make_X, model_for, posterior_for
@@ -78,6 +79,9 @@ def run_case(
     profile: str | None,
     profile_dir: Path | None,
     warm_io: bool = True,
+    floor_sweep: bool = True,
+    floor_budget: int = FL.DEFAULT_BUDGET,
+    floor_repeats: int = 3,
 ) -> dict[str, Any]:
     log(f"case {case.name}: {case.draws} draws x {case.rows} rows")
     post = posterior_for(case, base_post)
@@ -247,6 +251,22 @@ def run_case(
                 summ["ratio_min_wall"] = min(summ["walls"]) / min(fl["walls"])
                 summ["ratio_cpu"] = summ["cpu"] / fl["cpu"] if fl["cpu"] else float("nan")
 
+        # 3b. the independent floor: sweep the fixed formulations, re-time the winner
+        # on the whole case alternating with the engine call (see bench/floor.py).
+        if floor_sweep:
+            result["independent_floor"] = independent_floor(
+                case,
+                model,
+                host_post,
+                X,
+                key,
+                runners,
+                active,
+                mem_limit=mem_limit,
+                budget=floor_budget,
+                repeats=floor_repeats,
+            )
+
         # 4. streaming memory at a quarter of the rows (is the peak independent of n?).
         small_rows = max(case.rows // 4, 2 * size)
         if "zarr" in active and case.workload == "linear" and small_rows < case.rows:
@@ -277,6 +297,65 @@ def run_case(
     del model, floor, floors, runners
     gc.collect()
     return result
+
+
+def independent_floor(
+    case: Case,
+    model: Any,
+    host_post: dict[str, np.ndarray],
+    X: np.ndarray,
+    key: jax.Array,
+    runners: dict[str, Any],
+    active: list[str],
+    *,
+    mem_limit: int,
+    budget: int,
+    repeats: int,
+) -> dict[str, Any]:
+    """Sweep of ``bench.floor``'s formulations and the engine's ratio to the best."""
+    engine_mode = next((m for m in ("zarr", "dict") if m in active), None)
+    row_sites = tuple(k for k, v in host_post.items() if v.ndim >= 2 and v.shape[1] == case.rows)
+    out: dict[str, Any] = {"budget": budget, "loadavg": _loadavg(), "row_sites": row_sites}
+    t0 = time.perf_counter()
+    out["sweep"] = FL.sweep(
+        model.kernel,
+        host_post,
+        X,
+        key,
+        inter_per_cell=case.inter_per_cell,
+        mem_limit=mem_limit,
+        budget=budget,
+        row_sites=row_sites,
+        log=log,
+    )
+    winner = FL.best(out["sweep"])
+    if engine_mode is not None:
+        out["engine_mode"] = engine_mode
+        out["retime"] = FL.retime(
+            model.kernel,
+            host_post,
+            X,
+            key,
+            winner,
+            runners[engine_mode],
+            repeats=repeats,
+            row_sites=row_sites,
+            after_engine=M._OUT.collect,
+            log=log,
+        )
+        log(
+            f"  independent floor {out['retime']['formulation']}: "
+            f"{engine_mode} / floor = {out['retime']['ratio']:.3f}x"
+        )
+    out["elapsed_s"] = time.perf_counter() - t0
+    return out
+
+
+def _loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:  # pragma: no cover - not Linux
+        return ""
 
 
 #: Largest estimated vmap-over-draws temporaries for which ``floor_vmap`` runs.

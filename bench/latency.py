@@ -1,0 +1,230 @@
+"""Embedded latency: warm ``predict_on_batch`` on a small linear model (issue 16, item 4).
+
+The slim install's use case is a service scoring a few rows per request. This times a
+warm ``predict_on_batch`` of the bench's ``linear`` workload (8 features) with 100
+posterior draws, on 1 row and on 100 rows, ``--calls`` calls each (default 200):
+
+- ``datatree``: ``predict_on_batch(X)`` (a DataTree; needs ``aimz-io``);
+- ``dict``: ``predict_on_batch(X, return_datatree=False)``;
+- ``floor``: one bare jitted call of the same size (a ``vmap`` over the draws of the
+  per-draw forward pass written with ``numpyro.handlers``), result copied to host.
+
+The three are interleaved call by call (so load on a shared machine hits all three
+alike) and p50 / p99 of wall time are reported, with the p50 of the process CPU time
+per call (all threads; less sensitive to other processes on a shared machine).
+Across the timed calls it also counts JAX traces and backend compilations
+(``jax.monitoring`` events) and the executables in the model's batch-function
+cache: the target is no recompilation across calls with the same row count.
+
+Usage::
+
+    uv run --group bench python -m bench.latency [--calls 200] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections import Counter
+from typing import Any
+
+import jax
+import numpy as np
+from jax import random
+from numpyro import handlers
+
+from bench.workloads import LINEAR_FEATURES, linear_kernel
+
+DRAWS = 100
+ROWS = (1, 100)
+TARGETS = {"datatree": 1.5e-3, "dict": 0.3e-3}
+
+_EVENTS: Counter[str] = Counter()
+_listening = False
+
+
+def _listen() -> None:
+    global _listening
+    if _listening:
+        return
+    _listening = True
+
+    def on_duration(name: str, _secs: float, **_: Any) -> None:
+        if name.startswith("/jax/core/compile/"):
+            _EVENTS[name.rsplit("/", 1)[-1]] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+
+
+def posterior(draws: int = DRAWS, seed: int = 0) -> dict[str, np.ndarray]:
+    """A fixed synthetic posterior for the linear workload (no fit needed)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "w": rng.normal(1.0, 0.1, (draws, LINEAR_FEATURES)).astype(np.float32),
+        "b": rng.normal(0.5, 0.05, draws).astype(np.float32),
+        "sigma": np.abs(rng.normal(1.0, 0.02, draws)).astype(np.float32),
+    }
+
+
+def make_model(post: dict[str, np.ndarray]) -> Any:
+    from aimz_core import ImpactModel
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoNormal
+    from numpyro.optim import Adam
+
+    svi = SVI(linear_kernel, AutoNormal(linear_kernel), Adam(1e-2), Trace_ELBO())
+    model = ImpactModel(linear_kernel, rng_key=random.key(0), inference=svi)
+    model.set_posterior_sample(post)
+    return model
+
+
+def bare_call(post: dict[str, np.ndarray]) -> Any:
+    """The floor: one jitted vmap of the per-draw forward pass, copied to host."""
+
+    def one(key, draw, X):
+        model = handlers.substitute(linear_kernel, data=draw)
+        tr = handlers.trace(handlers.seed(model, key)).get_trace(X=X)
+        return tr["y"]["value"]
+
+    @jax.jit
+    def run(post, key, X):
+        keys = random.split(key, DRAWS)
+        return jax.vmap(one, in_axes=(0, 0, None))(keys, post, X)
+
+    dev = jax.device_put(post)
+    key = random.key(1)
+    return lambda X: np.asarray(run(dev, key, X))
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def run(calls: int = 200, warmup: int = 10) -> dict[str, Any]:
+    """Time the three variants on 1 and 100 rows; return the figures (seconds)."""
+    warnings.filterwarnings("ignore", message=".*observation-level sites.*")
+    _listen()
+    post = posterior()
+    model = make_model(post)
+    floor = bare_call(post)
+    try:
+        import aimz_io  # noqa: F401
+
+        has_io = True
+    except ImportError:
+        has_io = False
+    variants: dict[str, Any] = {
+        "dict": lambda X: model.predict_on_batch(X, return_datatree=False),
+        "floor": floor,
+    }
+    if has_io:
+        variants = {"datatree": lambda X: model.predict_on_batch(X)} | variants
+    out: dict[str, Any] = {
+        "draws": DRAWS,
+        "features": LINEAR_FEATURES,
+        "calls": calls,
+        "loadavg": _loadavg(),
+        "cases": [],
+    }
+    rng = np.random.default_rng(0)
+    for rows in ROWS:
+        X = rng.standard_normal((rows, LINEAR_FEATURES), dtype=np.float32)
+        for fn in variants.values():
+            for _ in range(warmup):
+                fn(X)
+        before = Counter(_EVENTS)
+        compiled_before = model._functions.compiled()
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        cpu: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(calls):
+            for name, fn in variants.items():
+                c0, t0 = time.process_time(), time.perf_counter()
+                fn(X)
+                times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+        events = {k: v - before.get(k, 0) for k, v in _EVENTS.items() if v - before.get(k, 0)}
+        case = {
+            "rows": rows,
+            "traces": events.get("jaxpr_trace_duration", 0),
+            "compiles": events.get("backend_compile_duration", 0),
+            "new_executables": model._functions.compiled() - compiled_before,
+            "variants": {},
+        }
+        for name, ts in times.items():
+            case["variants"][name] = {
+                "p50": statistics.median(ts),
+                "p99": _pct(ts, 99),
+                "mean": statistics.fmean(ts),
+                "cpu_p50": statistics.median(cpu[name]),
+            }
+        out["cases"].append(case)
+    out["loadavg_after"] = _loadavg()
+    return out
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().strip()
+    except OSError:  # pragma: no cover - not Linux
+        return "n/a"
+
+
+def render(res: dict[str, Any]) -> str:
+    """Markdown table of :func:`run`'s figures."""
+    lines = [
+        f"Warm `predict_on_batch`, linear model ({res['features']} features), "
+        f"{res['draws']} draws, {res['calls']} calls per variant, interleaved. "
+        f"loadavg before: {res['loadavg']}; after: {res['loadavg_after']}.",
+        "",
+        "| rows | variant | p50 ms | p99 ms | p99/p50 | CPU p50 ms | target p50 | status |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for case in res["cases"]:
+        for name, v in case["variants"].items():
+            target = TARGETS.get(name)
+            ratio = v["p99"] / v["p50"]
+            if target is None:
+                status, tgt = "-", "-"
+            else:
+                ok = v["p50"] <= target and ratio < 2
+                status, tgt = ("PASS" if ok else "FAIL"), f"{target * 1e3:.1f}"
+            lines.append(
+                f"| {case['rows']} | {name} | {v['p50'] * 1e3:.3f} | {v['p99'] * 1e3:.3f} "
+                f"| {ratio:.2f} | {v.get('cpu_p50', float('nan')) * 1e3:.3f} | {tgt} | {status} |"
+            )
+    lines += ["", "| rows | JAX traces | backend compiles | new executables (model cache) |"]
+    lines.append("|---:|---:|---:|---:|")
+    for case in res["cases"]:
+        lines.append(
+            f"| {case['rows']} | {case['traces']} | {case['compiles']} | "
+            f"{case['new_executables']} |"
+        )
+    lines.append("")
+    lines.append("Target: p50 <= 1.5 ms (DataTree) / 0.3 ms (dict), p99 < 2x p50, 0 compiles.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__)
+    p.add_argument("--calls", type=int, default=200, help="timed calls per variant and size")
+    p.add_argument("--json", help="also write the raw figures to this path")
+    args = p.parse_args(argv)
+    if args.calls < 1:
+        raise SystemExit("--calls must be >= 1")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    res = run(args.calls)
+    print(render(res))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
