@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aimz_core._on_batch import call_arrays, run_on_batch
 from aimz_core._posterior import fitted_params
 from aimz_core._row_dependence import check_posterior_rows, with_params
 from aimz_core._scenarios import estimate
@@ -62,10 +63,12 @@ class PredictiveMethods:
     ) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
         bound = self._bind(X, None, kwargs)
         check_aligned(bound.arrays, self._param_input)
-        arrays = {k: jnp.asarray(v) for k, v in bound.arrays.items()}
+        arrays = call_arrays(bound.arrays)
         # A real trace before the site checks and defaults, also for a posterior given
         # by `set_posterior_sample` (no-op once traced; the key does not move).
-        self._build_kernel_spec({**arrays, **bound.extras}, with_output=False)
+        if self._kernel_spec is None or not self._kernel_spec.covers(False):
+            traced = {k: jnp.asarray(v) for k, v in arrays.items()}
+            self._build_kernel_spec({**traced, **bound.extras}, with_output=False)
         sites = self._sites_for(return_sites)
         interv = as_jax_tree(intervention, "intervention")
         cond = as_jax_tree(condition, "condition")
@@ -87,7 +90,7 @@ class PredictiveMethods:
             num_draws=num_draws,
             sharded=False,
         )
-        return self._runner().run_on_batch(config, bound.extras, post, key, arrays, interv, cond)
+        return run_on_batch(self._runner(), config, bound.extras, post, key, arrays, interv, cond)
 
     def _as_result(
         self,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,6 +128,22 @@ class KernelArgs:
         return tuple(items)
 
 
+_SIGNATURES: weakref.WeakKeyDictionary[Any, inspect.Signature] = weakref.WeakKeyDictionary()
+
+
+def _signature_of(kernel: Callable) -> inspect.Signature:
+    """:func:`~aimz_core.kernel.kernel_signature`, kept per kernel object (weakly):
+    reading a signature costs more than a warm on-batch call's other checks."""
+    try:
+        return _SIGNATURES[kernel]
+    except (KeyError, TypeError):  # TypeError: not weakly referenceable
+        pass
+    sig = kernel_signature(kernel)
+    with contextlib.suppress(TypeError):
+        _SIGNATURES[kernel] = sig
+    return sig
+
+
 def bind_arguments(
     kernel: Callable,
     param_input: str,
@@ -156,7 +174,7 @@ def bind_arguments(
     if y is not None:
         values[param_output] = y
     try:
-        kernel_signature(kernel).bind(**values)
+        _signature_of(kernel).bind(**values)
     except TypeError as err:
         raise TypeError(f"Arguments do not match the kernel signature: {err}") from None
     arrays: dict[str, Any] = {param_input: as_array(X, param_input, lazy=lazy)}

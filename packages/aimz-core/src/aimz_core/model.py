@@ -22,6 +22,7 @@ from aimz_core import _fit
 from aimz_core._draws import global_trace
 from aimz_core._jit_cache import ensure_compilation_cache
 from aimz_core._locks import TRACE_LOCK
+from aimz_core._on_batch import split_key
 from aimz_core._posterior import (
     not_fitted,
     substitutable,
@@ -270,7 +271,7 @@ class ImpactModel(PredictiveMethods):
     def _next_key(self, rng_key: jax.Array | None) -> jax.Array:
         if rng_key is None:
             with self._lock:  # read, split and write back as one step
-                self._rng_key, key = random.split(self._rng_key)
+                self._rng_key, key = split_key(self._rng_key)
             return key
         return coerce_key(rng_key, stacklevel=4)
 

@@ -8,6 +8,7 @@ name, whatever store produced them.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,7 +19,7 @@ from aimz_core.exceptions import OutputWarning
 from aimz_core.naming import default_dim, default_dims
 from aimz_core.streaming.sinks import POSTERIOR_ATTR, posterior_digest
 
-from aimz_io.provenance import base_attrs
+from aimz_io.provenance import base_attrs, utc_now
 
 CHAIN, DRAW = "chain", "draw"
 RESERVED_DIMS = (CHAIN, DRAW)
@@ -192,8 +193,20 @@ def make_dataset(
         names = (CHAIN, DRAW, *dims[site])
         variables[site] = xr.Variable(names, arrays[site])
         sizes.update(zip(names, variables[site].shape, strict=True))
-    coords = {name: np.arange(size) for name, size in sizes.items()}
-    return xr.Dataset(variables, coords=coords, attrs=dict(attrs or {}))
+    return xr.Dataset(
+        variables, coords=_arange_coords(tuple(sizes.items())), attrs=dict(attrs or {})
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _arange_coords(sizes: tuple[tuple[str, int], ...]) -> xr.Coordinates:
+    """``np.arange`` coordinates (with their indexes) for ``(dim, size)`` pairs.
+
+    Built once per set of sizes: creating the default indexes is most of the cost of
+    a small Dataset. Sharing them is safe: indexes are immutable, and every Dataset
+    holds its own copies of the coordinate variables (their attributes included).
+    """
+    return xr.Coordinates({name: np.arange(size) for name, size in sizes})
 
 
 def dataset_from_arrays(
@@ -227,10 +240,22 @@ def assemble_tree(groups: Mapping[str, xr.Dataset], attrs: Mapping[str, Any]) ->
         >>> tree.name, list(tree.children)
         ('root', ['posterior'])
     """
-    nodes: dict[str, Any] = {"/": xr.Dataset(attrs=dict(attrs))}
-    for name, dataset in groups.items():
-        nodes[f"/{name}"] = dataset
-    return xr.DataTree.from_dict(nodes, name="root")
+    root = xr.DataTree(xr.Dataset(attrs=dict(attrs)), name="root")
+    # Assigning `children` attaches the new nodes as they are; `DataTree.from_dict`
+    # (and the `children=` argument) would copy every node once more.
+    root.children = {name: xr.DataTree(dataset) for name, dataset in groups.items()}
+    return root
+
+
+def _base_attrs(num_chains: int) -> dict[str, Any]:
+    """:func:`~aimz_io.provenance.base_attrs` with the installed version looked up once
+    (reading package metadata costs milliseconds per call)."""
+    return {**_static_attrs(int(num_chains)), "created_at": utc_now().isoformat()}
+
+
+@functools.lru_cache(maxsize=64)
+def _static_attrs(num_chains: int) -> dict[str, Any]:
+    return base_attrs(num_chains, created_at="")
 
 
 def tree_from_arrays(
@@ -263,7 +288,7 @@ def tree_from_arrays(
         >>> dict(tree["posterior_predictive"].sizes)
         {'chain': 2, 'draw': 2, 'obs': 3}
     """
-    common = {**dict(attrs or {}), **base_attrs(num_chains)}
+    common = {**dict(attrs or {}), **_base_attrs(num_chains)}
     if "posterior" in groups and POSTERIOR_ATTR not in common:
         common[POSTERIOR_ATTR] = posterior_digest(groups["posterior"])
     datasets = {
