@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 PATH_ATTRS = ("output_dir", "artifact_path")
 
 
+@functools.cache
 def aimz_version() -> str:
-    """Version of the ``aimz-io`` distribution that wrote an output.
+    """Version of the ``aimz-io`` distribution that wrote an output (looked up once).
 
     Example:
         >>> isinstance(aimz_version(), str)
