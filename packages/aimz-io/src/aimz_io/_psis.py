@@ -1,8 +1,9 @@
 """Pareto-smoothed importance sampling (PSIS) for blocks of log-likelihood values.
 
-Pure NumPy, vectorised over observations: a block ``(samples, n_obs)`` is processed
-a few hundred observations at a time, with no Python loop per observation. The
-estimates follow ArviZ (``arviz_stats`` 1.x) step for step:
+Vectorised over observations: a block ``(samples, n_obs)`` is processed a few hundred
+observations at a time by one XLA-compiled function (:mod:`aimz_io._psis_jax`, JAX
+imported on first use), with no Python loop per observation. The estimates follow
+ArviZ (``arviz_stats`` 1.x) step for step:
 
 * the importance ratios of observation ``i`` are ``1 / p(y_i | theta_s)``, i.e. log
   weights ``-log_lik``; the right tail holds the ``M`` largest of them, with
@@ -21,10 +22,10 @@ Only the ``M + 1`` smallest log-likelihood values of each observation need their
 order (``np.partition``); the smoothed tail pairs with the sorted tail values, so the
 full weight vector is never built. The Zhang & Stephens profile log-likelihood needs
 ``sum_j log(1 - b * y_j)`` for every grid value ``b``: it is computed as logarithms of
-products of ``GROUP`` factors (factors are bounded, see :func:`_mean_log1p`), which
-takes one logarithm per ``GROUP`` values.
+products of a few factors (factors are bounded), which takes one logarithm per group
+of values.
 
-The relative efficiency helpers compute ArviZ's ``ess(method="mean")`` (split
+The relative efficiency helpers (NumPy) compute ArviZ's ``ess(method="mean")`` (split
 chains, Geyer's initial positive and monotone sequences) vectorised over variables.
 """
 
@@ -32,14 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Observations per vectorised step: bounds the ``(obs, grid, tail)`` temporaries.
+#: Observations per step of the relative-efficiency FFTs (bounds their temporaries).
 OBS_BATCH = 256
-#: Factors multiplied together before one logarithm in the GPD fit.
-GROUP = 8
-PRIOR_BS = 3.0
-PRIOR_K_WEIGHT = 10.0
-PRIOR_K_MEAN = 0.5
-_EPS = np.finfo(float).eps
 
 
 def tail_length(n_samples: int, reff: float = 1.0) -> int:
@@ -104,137 +99,10 @@ def psis_loo(log_lik: np.ndarray, reff: float = 1.0) -> np.ndarray:
         raise ValueError(f"`log_lik` must be 2-D (samples, n_obs), got shape {values.shape}.")
     if values.dtype not in (np.float32, np.float64):
         values = values.astype(np.float64)
-    n_samples, n_obs = values.shape
-    tail = check_samples(n_samples, reff)
-    out = np.empty((3, n_obs))
-    for lo in range(0, n_obs, OBS_BATCH):
-        hi = min(lo + OBS_BATCH, n_obs)
-        out[:, lo:hi] = _psis_rows(np.array(values[:, lo:hi].T, order="C"), tail)
-    return out
+    tail = check_samples(values.shape[0], reff)
+    from aimz_io._psis_jax import psis_block  # imports JAX on first use
 
-
-def _psis_rows(rows: np.ndarray, tail: int) -> np.ndarray:
-    """PSIS-LOO for ``rows`` ``(n, S)`` (overwritten): ``(3, n)``."""
-    n_samples = rows.shape[1]
-    rows.partition(tail, axis=1)  # rows[:, :tail] are the tail (smallest log-lik)
-    with np.errstate(all="ignore"):
-        head = np.sort(rows[:, : tail + 1], axis=1).astype(np.float64)
-        low = head[:, 0]  # smallest log-lik: largest log ratio, shifted to 0
-        dist = head - low[:, None]  # log ratio below the largest, >= 0, ascending
-        rest = rows[:, tail:]  # the S - M non-tail draws (largest log-lik first at `tail`)
-        high = rest.max(axis=1)
-        # sum of the raw non-tail weights exp(low - log_lik), and of exp(log_lik - high)
-        non_tail = np.exp(head[:, :1].astype(rows.dtype) - rest).sum(axis=1, dtype=np.float64)
-        lppd = np.log(np.exp(rows - high[:, None]).sum(axis=1, dtype=np.float64))
-        lppd += high
-        lppd -= np.log(n_samples)
-
-        raw_tail = -dist[:, tail - 1 :: -1]  # log ratios of the tail, ascending
-        # Ratios and exceedances in the input's precision, as ArviZ computes them: with
-        # float32 draws, ratios below e^-87 underflow there too (and give the same NaN k).
-        cutoff = np.exp((-dist[:, tail]).astype(rows.dtype))
-        exceed = (np.exp(raw_tail.astype(rows.dtype)) - cutoff[:, None]).astype(np.float64)
-        cutoff = cutoff.astype(np.float64)
-        k_hat, sigma = gpd_fit(exceed)
-        smoothed = np.log(gpd_quantiles(tail, k_hat, sigma, cutoff))
-        smoothed = np.where(smoothed > 0, 0.0, smoothed)
-        log_tail = np.where(np.isfinite(k_hat)[:, None], smoothed, raw_tail)
-
-        log_norm = np.log(non_tail + np.exp(log_tail).sum(axis=1))
-        paired = np.exp(log_tail - raw_tail).sum(axis=1)  # weight * likelihood / e^low
-        elpd = low + np.log((n_samples - tail) + paired) - log_norm
-    return np.stack([elpd, k_hat, lppd - elpd])
-
-
-def gpd_fit(exceed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Generalized Pareto fit (Zhang & Stephens, with PSIS's priors) per row.
-
-    Args:
-        exceed: ``(n, M)`` sorted (ascending) non-negative exceedances.
-
-    Returns:
-        ``(k, sigma)``, each ``(n,)``: ``k`` with the prior adjustment, ``sigma`` from
-        the unadjusted ``k``. Both NaN where the first quartile does not exceed the
-        minimum; ``k = inf`` where the fit breaks down.
-
-    Example:
-        >>> rng = np.random.default_rng(1)
-        >>> k, sigma = gpd_fit(np.sort(rng.exponential(size=(2, 200)), axis=1))
-        >>> bool(np.all(np.abs(k) < 0.3))
-        True
-    """
-    n_tail = exceed.shape[1]
-    grid = 30 + int(n_tail**0.5)
-    xstar = exceed[:, int(n_tail / 4 + 0.5) - 1]
-    valid = xstar > exceed[:, 0]
-    with np.errstate(all="ignore"):
-        steps = 1 - np.sqrt(grid / (np.arange(1, grid + 1) - 0.5))
-        b = steps[None, :] / (PRIOR_BS * xstar[:, None]) + 1 / exceed[:, -1:]
-        k_grid = _mean_log1p(-b, exceed)
-        profile = n_tail * (np.log(-b / k_grid) - k_grid - 1)
-        top = profile.max(axis=1, keepdims=True)
-        weights = np.exp(profile - top)
-        weights /= weights.sum(axis=1, keepdims=True)
-        weights = np.where(weights >= 10 * _EPS, weights, 0.0)  # NaN weights drop too
-        total = weights.sum(axis=1, keepdims=True)
-        weights = np.where(total > 0, weights / np.where(total > 0, total, 1.0), 0.0)
-        b_post = np.where(weights > 0, b * weights, 0.0).sum(axis=1)  # 0 if none is left
-        k_raw = np.log1p(-b_post[:, None] * exceed).mean(axis=1)
-        sigma = -k_raw / b_post
-        k_hat = (n_tail * k_raw + PRIOR_K_WEIGHT * PRIOR_K_MEAN) / (n_tail + PRIOR_K_WEIGHT)
-    k_hat = np.where(np.isnan(k_hat), np.inf, k_hat)
-    sigma = np.where(np.isnan(k_hat) | np.isinf(k_hat), np.nan, sigma)
-    return np.where(valid, k_hat, np.nan), np.where(valid, sigma, np.nan)
-
-
-def _mean_log1p(scale: np.ndarray, exceed: np.ndarray) -> np.ndarray:
-    """``mean_j log1p(scale[:, g] * exceed[:, j])`` for every ``g``: ``(n, G)``.
-
-    Every grid value ``b`` is at most ``1 / max(exceed)``, so each factor
-    ``1 - b * y`` lies in ``(0, 1 + 8 * max / (3 * xstar)]``; products of ``GROUP``
-    factors stay far inside float64's range except for absurdly heavy tails, whose
-    rows are recomputed one logarithm per value.
-    """
-    n, n_tail = exceed.shape
-    grid = scale.shape[1]
-    groups = -(-n_tail // GROUP)
-    # Layout (GROUP, groups, n * grid): every NumPy loop below runs over a long
-    # contiguous last axis. Padding values are 0 (factor 1, log 0).
-    padded = np.zeros((n, GROUP * groups))
-    padded[:, :n_tail] = exceed
-    factors = np.repeat(padded.T.reshape(GROUP, groups, n), grid, axis=2)
-    factors *= scale.reshape(1, 1, n * grid)
-    factors += 1.0
-    product = factors[0]
-    for i in range(1, GROUP):
-        product *= factors[i]
-    total = np.log(product).sum(axis=0).reshape(n, grid)
-    bad = ~np.isfinite(total).all(axis=1) & np.isfinite(scale).all(axis=1)
-    if bad.any():
-        total[bad] = np.log1p(scale[bad][:, :, None] * exceed[bad][:, None, :]).sum(axis=2)
-    return total / n_tail
-
-
-def gpd_quantiles(
-    n_tail: int, k_hat: np.ndarray, sigma: np.ndarray, location: np.ndarray
-) -> np.ndarray:
-    """Quantiles at ``(j - 0.5) / n_tail`` of the fitted GPDs: ``(n, n_tail)``.
-
-    NaN where ``sigma <= 0`` or is NaN.
-
-    Example:
-        >>> q = gpd_quantiles(4, np.array([0.0]), np.array([1.0]), np.array([0.0]))
-        >>> [round(float(v), 3) for v in q[0]]
-        [0.134, 0.47, 0.981, 2.079]
-    """
-    probs = (np.arange(n_tail) + 0.5) / n_tail
-    log_tail = np.log1p(-probs)[None, :]
-    k = k_hat[:, None]
-    with np.errstate(all="ignore"):
-        general = location[:, None] + sigma[:, None] * np.expm1(-k * log_tail) / k
-        exponential = location[:, None] - sigma[:, None] * log_tail
-        q = np.where(k == 0, exponential, general)
-    return np.where((sigma > 0)[:, None], q, np.nan)
+    return psis_block(values, tail)
 
 
 def ess_mean(values: np.ndarray) -> np.ndarray:
