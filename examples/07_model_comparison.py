@@ -31,8 +31,8 @@ from aimz import ImpactModel, loo, ppc_subsample, summarize_predictive
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 
-N_ROWS = 4_000
-BATCH = 1_000  # rows per streamed batch: each store has 4 chunks of rows
+N_ROWS = 2_000
+BATCH = 500  # rows per streamed batch: each store has 4 chunks of rows
 
 
 def line(X, y=None):
@@ -56,14 +56,14 @@ def curve(X, y=None):
 
 
 def fit(kernel, X, y, seed: int) -> ImpactModel:
-    """Fit ``kernel`` with SVI (AutoNormal) and draw 500 posterior samples."""
+    """Fit ``kernel`` with SVI (AutoNormal) and draw 300 posterior samples."""
     guide = AutoNormal(kernel)
     model = ImpactModel(
         kernel,
         rng_key=jax.random.key(seed),
         inference=SVI(kernel, guide, numpyro.optim.Adam(0.05), Trace_ELBO()),
     )
-    return model.fit_on_batch(X, y, num_steps=1_500, num_samples=500, progress=False)
+    return model.fit_on_batch(X, y, num_steps=800, num_samples=300, progress=False)
 
 
 def main() -> None:
