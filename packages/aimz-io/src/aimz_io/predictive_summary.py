@@ -201,9 +201,21 @@ def write_atomically(dataset: xr.Dataset, target: Path) -> xr.Dataset:
     for name, variable in dataset.data_vars.items():
         if variable.chunks is not None:
             dataset[name] = variable.chunk(_uniform_chunks(variable))
+    # Explicit chunks for every variable (older xarray passes ``chunks=None`` to zarr
+    # for NumPy-backed variables, which zarr 3.1 refuses) and no ``_FillValue``
+    # attribute (xarray 2025.1 cannot decode it from a zarr 3.1 store; NaN stays NaN).
+    encoding = {
+        name: {
+            "chunks": tuple(max(1, c[0]) for c in variable.chunks)
+            if variable.chunks is not None
+            else tuple(max(1, n) for n in variable.shape),
+            "_FillValue": None,
+        }
+        for name, variable in dataset.variables.items()
+    }
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        dataset.to_zarr(temporary, mode="w-", zarr_format=3, consolidated=False)
+        dataset.to_zarr(temporary, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
         temporary.rename(target)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
