@@ -148,7 +148,9 @@ def draw_block_size(
     Traces ``one_draw(*args)`` (a single draw, no compilation) and finds its largest
     intermediate value. A block holds as many draws as fit in
     :data:`CACHE_BYTES_PER_BLOCK` (clamped to ``MIN_DRAWS_PER_BLOCK`` ..
-    ``MAX_DRAWS_PER_BLOCK``) and never more than fit in ``budget``. Returns ``None``
+    ``MAX_DRAWS_PER_BLOCK``) and never more than fit in ``budget``; when every draw
+    together fits in :data:`CACHE_BYTES_PER_BLOCK` they all run at once (a few rows
+    per request: one ``vmap`` instead of a loop of blocks). Returns ``None``
     when one block covers every draw (plain ``vmap``), otherwise the block size for
     ``jax.lax.map(..., batch_size=block)``.
 
@@ -174,10 +176,14 @@ def block_for_draw_bytes(
     Example:
         >>> block_for_draw_bytes(2**20, 1000)
         4
-        >>> block_for_draw_bytes(1_000, 1000)
+        >>> block_for_draw_bytes(10_000, 1000)
         16
+        >>> block_for_draw_bytes(1_000, 1000) is None  # all draws fit in the cache
+        True
     """
     per_draw = max(1, int(per_draw))
+    if per_draw * num_draws <= CACHE_BYTES_PER_BLOCK:  # every draw at once stays in cache
+        return None
     for_cache = min(
         MAX_DRAWS_PER_BLOCK, max(MIN_DRAWS_PER_BLOCK, CACHE_BYTES_PER_BLOCK // per_draw)
     )
