@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import pytest
 from aimz_core.testing import fitted_linreg, linreg_data
 
 _EVENTS: Counter[str] = Counter()
@@ -68,3 +69,51 @@ def test_warm_call_matches_general_path() -> None:
     assert got.keys() == fresh.keys()
     for site in got:
         np.testing.assert_allclose(got[site], fresh[site], rtol=1e-6, atol=1e-6)
+
+
+def test_repeat_call_sees_a_new_posterior() -> None:
+    """A repeated plain call reuses its validated plan only while the posterior is the
+    same object: after ``set_posterior_sample`` it substitutes the new draws."""
+    model = fitted_linreg(num_draws=10)
+    X, _ = linreg_data()
+    for _ in range(2):  # the second call takes the repeat path
+        model.predict_on_batch(X[:4], return_sites="mu", return_datatree=False)
+    post = {k: np.asarray(v) for k, v in model.posterior.items()}
+    post["b"] = post["b"] + 100.0
+    model.set_posterior_sample(post)
+    got = model.predict_on_batch(X[:4], return_sites="mu", return_datatree=False)["mu"]
+    expected = X[:4] @ post["w"].T + post["b"]  # (rows, draws)
+    np.testing.assert_allclose(got, expected.T, rtol=1e-5, atol=1e-4)
+
+
+def test_repeat_call_is_the_general_path_result() -> None:
+    """The repeat path gives what the general path gives for the same key, and still
+    moves the model's key once per call."""
+    X, _ = linreg_data()
+    model = fitted_linreg()
+    key = jax.random.key(11)
+    first = model.predict_on_batch(X[:6], return_datatree=False, rng_key=key)
+    again = model.predict_on_batch(X[:6], return_datatree=False, rng_key=key)
+    np.testing.assert_array_equal(first["y"], again["y"])  # same program, same inputs
+    before = jax.random.key_data(model.rng_key)
+    a = model.predict_on_batch(X[:6], return_datatree=False)
+    b = model.predict_on_batch(X[:6], return_datatree=False)
+    assert not np.array_equal(jax.random.key_data(model.rng_key), before)
+    assert not np.array_equal(a["y"], b["y"])  # a fresh key per call
+
+
+def test_calls_that_are_not_plain_take_the_general_path() -> None:
+    """Interventions, keyword arguments and non-NumPy inputs are validated every call:
+    a bad intervention site is refused on a repeat too, with the key unchanged."""
+    X, _ = linreg_data()
+    model = fitted_linreg()
+    model.predict_on_batch(X[:3], return_datatree=False)
+    model.predict_on_batch(X[:3], return_datatree=False)
+    key = jax.random.key_data(model.rng_key)
+    with pytest.raises(ValueError, match="mu"):
+        model.predict_on_batch(X[:3], intervention={"mu": 1.0}, return_datatree=False)
+    with pytest.raises(ValueError):
+        model.predict_on_batch(X[:0], return_datatree=False)
+    np.testing.assert_array_equal(jax.random.key_data(model.rng_key), key)
+    out = model.predict_on_batch(X[:3].tolist(), return_datatree=False)
+    assert out["y"].shape == (100, 3)

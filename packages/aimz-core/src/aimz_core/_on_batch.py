@@ -10,6 +10,12 @@ its result to the host; keys are split by one jitted function instead of op by o
 
 The result is the same as the general path's (``BlockRunner.run_on_batch``): the same
 batch function, arguments and key schedule.
+
+A repeat of a plain call (a NumPy ``X`` of the same shape and dtype, no keyword
+arguments, interventions or conditions, the same ``return_sites``) skips even the
+argument binding and the checks: :class:`RepeatCall` keeps what the first call
+validated, together with the posterior, kernel spec and fitted parameters it was
+validated against, and replays it only while those are the very same objects.
 """
 
 from __future__ import annotations
@@ -139,6 +145,79 @@ def _executable(entry: BatchFunction, args: tuple) -> Callable[..., Any]:
     return entry.fn if found is None else found
 
 
+@dataclass
+class RepeatCall:
+    """What a validated plain on-batch call needs to run again (see :func:`repeat_key`).
+
+    The objects it was validated against (``post``, ``spec``, ``vi_result``) are kept
+    by reference and compared by identity, so a new posterior, a new kernel spec or a
+    new fit never reuses an entry.
+
+    Attributes:
+        post: The posterior the call substituted (``{}`` for prior draws).
+        spec: The model's kernel spec at the time.
+        vi_result: The model's ``vi_result`` at the time (its fitted params are in
+            ``intervention``).
+        plan: The on-batch plan that ran it.
+        name: The kernel argument ``X`` binds to.
+        intervention: The batch function's intervention argument.
+        condition: The batch function's condition argument.
+    """
+
+    post: dict[str, Any]
+    spec: Any
+    vi_result: Any
+    plan: OnBatchPlan
+    name: str
+    intervention: dict[str, Any]
+    condition: dict[str, Any]
+
+    def valid(self, post: dict[str, Any], spec: Any, vi_result: Any) -> bool:
+        """Whether the model still holds the objects this call was validated against."""
+        same_post = self.post is post or not (self.post or post)
+        return same_post and self.spec is spec and self.vi_result is vi_result
+
+    def run(self, key: jax.Array, X: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
+        """All draws for ``X`` with ``key``, as :func:`run_on_batch` returns them."""
+        plan = self.plan
+        args = (self.post, (key, plan.index), {self.name: X}, self.intervention, self.condition)
+        out = plan.call(*args)
+        return {k: np.asarray(v) for k, v in out.items()}, dict(plan.dims or {})
+
+
+def repeat_key(
+    kind: str,
+    X: Any,
+    num_draws: int,
+    return_sites: Any,
+    *handlers_and_kwargs: Any,
+) -> tuple | None:
+    """Memo key of a plain on-batch call, or ``None`` when the call is not plain.
+
+    Plain: ``X`` is a NumPy array JAX takes as it is (see :func:`call_arrays`), every
+    one of ``handlers_and_kwargs`` (intervention, condition, keyword arguments) is
+    empty, and ``return_sites`` is ``None``, a string or a sequence of strings.
+
+    Example:
+        >>> repeat_key("predict", np.ones((2, 3), np.float32), 10, None, None, {})[:4]
+        ('repeat', 'predict', 10, (2, 3))
+        >>> repeat_key("predict", np.ones((2, 3), np.float32), 10, None, {"t": 1}) is None
+        True
+    """
+    if type(X) is not np.ndarray or any(handlers_and_kwargs):
+        return None
+    dtype = X.dtype
+    if dtype.kind not in "biufc" or dtypes.canonicalize_dtype(dtype) != dtype:
+        return None
+    if return_sites is not None and not isinstance(return_sites, str):
+        if not isinstance(return_sites, (list, tuple)) or not all(
+            isinstance(site, str) for site in return_sites
+        ):
+            return None
+        return_sites = tuple(return_sites)
+    return ("repeat", kind, num_draws, X.shape, dtype, return_sites)
+
+
 def run_on_batch(
     runner: BlockRunner,
     config: BatchConfig,
@@ -148,8 +227,9 @@ def run_on_batch(
     arrays: dict[str, jax.Array],
     intervention: dict[str, Any],
     condition: dict[str, Any],
-) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
-    """All draws of one in-memory batch, as host arrays and their dim names.
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]], OnBatchPlan]:
+    """All draws of one in-memory batch, as host arrays and their dim names, and the
+    plan that ran them.
 
     The on-batch counterpart of ``BlockRunner.run_on_batch`` with the per-structure
     work memoised (see the module docstring).
@@ -180,7 +260,15 @@ def run_on_batch(
         plan.call = _executable(plan.entry, args)
         plan.dims = {k: dim_names(k, v.ndim - 1, plan.entry.dims) for k, v in host.items()}
         runner.functions.remember(shape_key, lambda: plan)
-    return host, dict(plan.dims)
+    return host, dict(plan.dims), plan
 
 
-__all__ = ["OnBatchPlan", "call_arrays", "run_on_batch", "split_key", "structure"]
+__all__ = [
+    "OnBatchPlan",
+    "RepeatCall",
+    "call_arrays",
+    "repeat_key",
+    "run_on_batch",
+    "split_key",
+    "structure",
+]

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aimz_core._on_batch import call_arrays, run_on_batch
+from aimz_core._on_batch import RepeatCall, call_arrays, repeat_key, run_on_batch
 from aimz_core._posterior import fitted_params
 from aimz_core._row_dependence import check_posterior_rows, with_params
 from aimz_core._scenarios import estimate
@@ -61,6 +61,12 @@ class PredictiveMethods:
         return_sites: Any,
         kwargs: Mapping[str, Any],
     ) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
+        memo_key = repeat_key(kind, X, num_draws, return_sites, intervention, condition, kwargs)
+        if memo_key is not None:  # a repeat of a validated plain call: run it at once
+            repeat = self._functions.memo.get(memo_key)
+            if repeat is not None and repeat.valid(post, self._kernel_spec, self._vi_result):
+                return repeat.run(self._next_key(rng_key), X)
+        vi_result = self._vi_result
         bound = self._bind(X, None, kwargs)
         check_aligned(bound.arrays, self._param_input)
         arrays = call_arrays(bound.arrays)
@@ -90,7 +96,15 @@ class PredictiveMethods:
             num_draws=num_draws,
             sharded=False,
         )
-        return run_on_batch(self._runner(), config, bound.extras, post, key, arrays, interv, cond)
+        runner = self._runner()
+        host, dims, plan = run_on_batch(
+            runner, config, bound.extras, post, key, arrays, interv, cond
+        )
+        if memo_key is not None:
+            spec = self._kernel_spec
+            repeat = RepeatCall(post, spec, vi_result, plan, self._param_input, interv, cond)
+            runner.functions.put(memo_key, repeat)
+        return host, dims
 
     def _as_result(
         self,

@@ -241,6 +241,14 @@ class FunctionCache:
                 self.memo.popitem(last=False)
         return value
 
+    def put(self, key: Any, value: Any) -> None:
+        """Memoise ``value`` under ``key``, replacing what was there."""
+        with self._lock:
+            self.memo[key] = value
+            self.memo.move_to_end(key)
+            while self.max_entries > 0 and len(self.memo) > self.max_entries:
+                self.memo.popitem(last=False)
+
     def clear(self) -> None:
         """Forget every compiled function."""
         self._entries.clear()
