@@ -61,3 +61,46 @@ def test_dims_fall_back_on_clashes():
         "a": ("obs",),
         "b": ("obs",),
     }
+
+
+def test_prebuilt_posterior_group_equals_the_built_one():
+    """A ``posterior`` group built ahead of time gives the same tree (values, dims,
+    digest and attributes) and is not changed by the trees that use it."""
+    from aimz_core.streaming.sinks import POSTERIOR_ATTR
+    from aimz_io.datatree import posterior_dataset
+
+    w = np.arange(12.0).reshape(4, 3)
+    y = np.arange(8, dtype="float32").reshape(4, 2)
+    groups = {"posterior": {"w": w}, "posterior_predictive": {"y": y}}
+    built = tree_from_arrays(groups, num_chains=2, dims={"y": ("obs",)})
+    ds = posterior_dataset({"w": w}, num_chains=2, dims={"y": ("obs",)})
+    before = dict(ds.attrs)
+    pre = tree_from_arrays({**groups, "posterior": ds}, num_chains=2, dims={"y": ("obs",)})
+    drop = {"created_at"}  # the time each tree was made
+    a, b = pre["posterior"].to_dataset(), built["posterior"].to_dataset()
+    xr.testing.assert_equal(a, b)
+    assert {k: v for k, v in a.attrs.items() if k not in drop} == {
+        k: v for k, v in b.attrs.items() if k not in drop
+    }
+    assert pre["posterior"].attrs[POSTERIOR_ATTR] == built.attrs[POSTERIOR_ATTR]
+    assert pre.attrs.keys() == built.attrs.keys()
+    assert ds.attrs == before  # the cached group keeps its own attributes
+
+
+def test_on_batch_trees_follow_a_new_posterior():
+    """The model keeps one ``posterior`` group per posterior: after
+    ``set_posterior_sample`` the trees carry the new draws and digest."""
+    from aimz_core.streaming.sinks import POSTERIOR_ATTR
+    from aimz_core.testing import fitted_linreg, linreg_data
+
+    model = fitted_linreg(num_draws=10)
+    X, _ = linreg_data()
+    first = model.predict_on_batch(X[:3])
+    again = model.predict_on_batch(X[:3])
+    assert again.attrs[POSTERIOR_ATTR] == first.attrs[POSTERIOR_ATTR]
+    post = {k: np.asarray(v) + 1.0 for k, v in model.posterior.items()}
+    model.set_posterior_sample(post)
+    new = model.predict_on_batch(X[:3])
+    assert new.attrs[POSTERIOR_ATTR] != first.attrs[POSTERIOR_ATTR]
+    np.testing.assert_array_equal(new["posterior"]["b"].values.ravel(), post["b"])
+    np.testing.assert_allclose(first["posterior"]["b"].values.ravel(), post["b"] - 1.0, atol=1e-6)

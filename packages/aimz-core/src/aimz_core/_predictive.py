@@ -115,14 +115,29 @@ class PredictiveMethods:
     ) -> Any:
         if not return_datatree:
             return out
-        groups: dict[str, dict[str, np.ndarray]] = {}
+        groups: dict[str, Any] = {}
+        dims = without_reserved_dims(dims, stacklevel=3)
         if self._posterior:
-            groups["posterior"] = self._host_posterior()
+            groups["posterior"] = self._posterior_group(dims)
         groups[group] = out
         # Prior draws form one chain, whatever the posterior's chain layout.
         chains = 1 if group == "prior_predictive" else self._num_chains
-        dims = without_reserved_dims(dims, stacklevel=3)
         return io_backend().tree_from_arrays(groups, num_chains=chains, dims=dims)
+
+    def _posterior_group(self, dims: Mapping[str, tuple[str, ...]]) -> Any:
+        """The ``posterior`` group of on-batch trees, built once per posterior (and
+        per dim names of its sites) and kept in the model's memo."""
+        posterior = self._posterior
+        key = ("posterior_group", self._num_chains, tuple((s, dims.get(s)) for s in posterior))
+        cached = self._functions.memo.get("posterior_group")
+        if cached is not None and cached[0] is posterior and cached[1] == key:
+            return cached[2]
+        build = getattr(io_backend(), "posterior_dataset", None)  # aimz-io < 0.1.0: none
+        if build is None:
+            return self._host_posterior()
+        group = build(self._host_posterior(), num_chains=self._num_chains, dims=dims)
+        self._functions.put("posterior_group", (posterior, key, group))
+        return group
 
     def predict_on_batch(
         self,

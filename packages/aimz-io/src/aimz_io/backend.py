@@ -17,7 +17,7 @@ from typing import Literal
 from aimz_core.streaming import Sink
 
 from aimz_io.artifact import open_tree
-from aimz_io.datatree import tree_from_arrays
+from aimz_io.datatree import posterior_dataset, tree_from_arrays
 from aimz_io.distributed import resolve_client, run_distributed
 from aimz_io.effects import effect_tree
 from aimz_io.incomplete import IncompleteStore, list_incomplete, remove_incomplete
@@ -84,5 +84,6 @@ __all__ = [
     "resolve_client",
     "run_distributed",
     "summarize_effect",
+    "posterior_dataset",
     "tree_from_arrays",
 ]

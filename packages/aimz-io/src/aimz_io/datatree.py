@@ -258,8 +258,29 @@ def _static_attrs(num_chains: int) -> dict[str, Any]:
     return base_attrs(num_chains, created_at="")
 
 
+def posterior_dataset(
+    arrays: Mapping[str, Any],
+    *,
+    num_chains: int = 1,
+    dims: Mapping[str, Sequence[str]] | None = None,
+) -> xr.Dataset:
+    """The ``posterior`` group of :func:`tree_from_arrays`, built ahead of time.
+
+    A model that returns many small trees from one posterior builds this once and
+    passes it as the ``posterior`` group; its ``posterior_digest`` attribute is
+    computed here, once.
+
+    Example:
+        >>> ds = posterior_dataset({"w": np.zeros((4, 2))}, num_chains=2)
+        >>> dict(ds.sizes), POSTERIOR_ATTR in ds.attrs
+        ({'chain': 2, 'draw': 2, 'w_dim_0': 2}, True)
+    """
+    attrs = {POSTERIOR_ATTR: posterior_digest(arrays)}
+    return dataset_from_arrays(arrays, num_chains=num_chains, dims=dims, attrs=attrs)
+
+
 def tree_from_arrays(
-    groups: Mapping[str, Mapping[str, Any]],
+    groups: Mapping[str, Mapping[str, Any] | xr.Dataset],
     *,
     num_chains: int = 1,
     dims: Mapping[str, Sequence[str]] | None = None,
@@ -269,7 +290,10 @@ def tree_from_arrays(
 
     Args:
         groups: Group name to ``{site: array}``; every array has a flattened
-            leading draw axis of size ``chain * draw``. Groups keep this order.
+            leading draw axis of size ``chain * draw``. Groups keep this order. A
+            group may also be a Dataset built ahead of time (a ``posterior`` group
+            from :func:`posterior_dataset`); it is used as it is, with the tree's
+            attributes.
         num_chains: Number of chains the draw axis splits into.
         dims: Dim names (after the draw axis) per site name, for any group.
         attrs: Extra attributes for the root and every group.
@@ -289,10 +313,19 @@ def tree_from_arrays(
         {'chain': 2, 'draw': 2, 'obs': 3}
     """
     common = {**dict(attrs or {}), **_base_attrs(num_chains)}
-    if "posterior" in groups and POSTERIOR_ATTR not in common:
-        common[POSTERIOR_ATTR] = posterior_digest(groups["posterior"])
+    post = groups.get("posterior")
+    if post is not None and POSTERIOR_ATTR not in common:
+        common[POSTERIOR_ATTR] = (
+            post.attrs[POSTERIOR_ATTR] if isinstance(post, xr.Dataset) else posterior_digest(post)
+        )
     datasets = {
-        name: dataset_from_arrays(arrays, num_chains=num_chains, dims=dims, attrs=common)
+        name: arrays
+        if isinstance(arrays, xr.Dataset)
+        else dataset_from_arrays(arrays, num_chains=num_chains, dims=dims, attrs=common)
         for name, arrays in groups.items()
     }
-    return assemble_tree(datasets, common)
+    tree = assemble_tree(datasets, common)
+    for name, group in groups.items():
+        if isinstance(group, xr.Dataset):  # the node holds its own copy of the attrs
+            tree[name].attrs = dict(common)
+    return tree
