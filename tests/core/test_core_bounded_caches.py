@@ -97,7 +97,8 @@ def test_bucket_keeps_batch_count():
     assert bucket_batch_size(5, 5, 10**6, 1) == 8
     assert bucket_batch_size(33, 33, 10**6, 1) == 64
     assert bucket_batch_size(500, 1000, 10**6, 1) == 512
-    assert bucket_batch_size(334, 1000, 10**6, 1) == 334  # 2 batches instead of 3
+    assert bucket_batch_size(334, 1000, 10**6, 1) == 352  # eighths above 256 rows
+    assert bucket_batch_size(200, 1000, 10**6, 1) == 200  # 256 would make 4 batches, not 5
     assert bucket_batch_size(40, 40, 40, 1) == 40  # over the memory cap
     assert bucket_batch_size(5, 5, 10**6, 4) == 8
     assert bucket_batch_size(3, 3, 10**6, 3) == 9

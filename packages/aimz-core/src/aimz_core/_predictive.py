@@ -132,7 +132,7 @@ class PredictiveMethods:
         cached = self._functions.memo.get("posterior_group")
         if cached is not None and cached[0] is posterior and cached[1] == key:
             return cached[2]
-        build = getattr(io_backend(), "posterior_dataset", None)  # aimz-io < 0.1.0: none
+        build = getattr(io_backend(), "posterior_dataset", None)  # an older aimz-io has none
         if build is None:
             return self._host_posterior()
         group = build(self._host_posterior(), num_chains=self._num_chains, dims=dims)
