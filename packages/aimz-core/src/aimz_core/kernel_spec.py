@@ -115,7 +115,19 @@ class KernelSpec:
         )
 
     def covers(self, with_output: bool) -> bool:
-        """Whether this spec already answers a trace request (no retrace needed)."""
+        """Whether this spec already answers a trace request (no retrace needed).
+
+        Args:
+            with_output: Whether the request traces with the observed output (a fit)
+                or without it (predictive sampling).
+
+        Example:
+            >>> from aimz_core.testing import fitted_linreg, linreg_data
+            >>> model = fitted_linreg()
+            >>> _ = model.predict_on_batch(linreg_data()[0][:2], return_datatree=False)
+            >>> model.kernel_spec.covers(False)
+            True
+        """
         return self.output_observed if with_output else self.traced
 
 

@@ -64,6 +64,12 @@ class BoundInput:
         X: The model input.
         kwargs: Kernel keyword arguments by parameter name.
         dropped: Names of entries that were ignored (the model output).
+
+    Example:
+        >>> bound = bind_input({"X": np.ones((2, 1)), "y": np.ones(2)}, ["X", "y"],
+        ...                    param_input="X", param_output="y")
+        >>> bound.X.shape, bound.kwargs, bound.dropped
+        ((2, 1), {}, ('y',))
     """
 
     X: Any

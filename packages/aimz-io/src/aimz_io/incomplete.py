@@ -48,6 +48,14 @@ class IncompleteStore:
         fingerprint: The call's plan fingerprint (``resume=True`` adopts the store
             when it matches); ``None`` when the call was killed before it wrote the
             group metadata, or for stores written by an older aimz.
+
+    Example:
+        >>> from datetime import UTC, datetime
+        >>> from pathlib import Path
+        >>> now = datetime.now(UTC)
+        >>> store = IncompleteStore(Path("out/predict-x"), "predict", now, now, 0, None)
+        >>> store.caller, store.fingerprint is None
+        ('predict', True)
     """
 
     path: Path
