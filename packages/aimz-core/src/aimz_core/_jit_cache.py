@@ -388,6 +388,20 @@ class PersistentJit:
                 self._compiled.move_to_end(signature)
         return compiled(*args)
 
+    def executable(self, args: tuple) -> Any | None:
+        """The compiled executable kept for arguments like ``args`` (``None`` before
+        the first such call, or when executables are not kept: no cache directory).
+
+        Calling it skips the signature lookup of :meth:`__call__`.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> f = PersistentJit(jax.jit(lambda x: x + 1.0), directory=None)
+            >>> f.executable((jnp.ones(2),)) is None
+            True
+        """
+        return self._compiled.get(call_signature(args))
+
     def eval_shape(self, *args: Any) -> Any:
         """Output shapes and dtypes for ``args`` (traces, never compiles)."""
         with TRACE_LOCK:

@@ -8,8 +8,8 @@ memory-safe draw block, the device array of draw indices, the compiled executabl
 and the output dim names. A repeated call then dispatches one executable and copies
 its result to the host; keys are split by one jitted function instead of op by op.
 
-The result is the same as the general path's (``BlockRunner.run_on_batch``): the same
-batch function, arguments and key schedule.
+The result is that of calling the batch function itself: the same batch function,
+arguments and key schedule.
 
 A repeat of a plain call (a NumPy ``X`` of the same shape and dtype, no keyword
 arguments, interventions or conditions, the same ``return_sites``) skips even the
@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import dtypes, random
 
-from aimz_core._jit_cache import call_signature
 from aimz_core._posterior import first_draw
 from aimz_core.batched import BatchConfig, BatchFunction
 
@@ -138,10 +137,8 @@ class OnBatchPlan:
 def _executable(entry: BatchFunction, args: tuple) -> Callable[..., Any]:
     """The compiled executable the batch function keeps for ``args`` (after a call),
     or the batch function itself when it keeps none."""
-    compiled = getattr(entry.fn, "_compiled", None)
-    if not isinstance(compiled, dict):
-        return entry.fn
-    found = compiled.get(call_signature(args))
+    lookup = getattr(entry.fn, "executable", None)
+    found = lookup(args) if lookup is not None else None
     return entry.fn if found is None else found
 
 
@@ -231,8 +228,8 @@ def run_on_batch(
     """All draws of one in-memory batch, as host arrays and their dim names, and the
     plan that ran them.
 
-    The on-batch counterpart of ``BlockRunner.run_on_batch`` with the per-structure
-    work memoised (see the module docstring).
+    The batch function called on the whole batch, with the per-structure work
+    memoised (see the module docstring).
 
     Example:
         >>> from aimz_core.testing import fitted_linreg, linreg_data

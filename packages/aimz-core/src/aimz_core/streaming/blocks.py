@@ -19,7 +19,7 @@ import numpy as np
 
 from aimz_core._draws import global_trace
 from aimz_core._locks import TRACE_LOCK
-from aimz_core._posterior import first_draw, take_draws
+from aimz_core._posterior import take_draws
 from aimz_core._row_dependence import with_params
 from aimz_core._sizing import block_for_draw_bytes
 from aimz_core.arguments import KernelArgs, host_rows, pad_rows
@@ -261,23 +261,6 @@ class BlockRunner:
         probe = {k: jnp.asarray(pad_rows(host_rows(v, 0, 2), 2)) for k, v in bound.arrays.items()}
         whole = with_params({}, {}, bound.whole)  # whole arguments ride with `do` values
         return entry.fn({}, (key, jnp.arange(num_draws)), probe, whole, {})
-
-    def run_on_batch(
-        self,
-        config: BatchConfig,
-        extras: dict[str, Any],
-        post: dict[str, jax.Array],
-        key: jax.Array,
-        arrays: dict[str, jax.Array],
-        intervention: dict[str, jax.Array],
-        condition: dict[str, jax.Array],
-    ) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
-        """All draws of one in-memory batch, as host arrays and their dim names."""
-        one_args = (key, first_draw(post), arrays, intervention, condition)
-        entry = self.blocked(config, extras, one_args)
-        out = entry.fn(post, (key, jnp.arange(config.num_draws)), arrays, intervention, condition)
-        host = {k: np.asarray(v) for k, v in jax.device_get(out).items()}
-        return host, {k: dim_names(k, v.ndim - 1, entry.dims) for k, v in host.items()}
 
 
 __all__ = ["BlockRunner", "dim_names"]
