@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     path = build_store(args.rows, args.draws, args.chains, args.chunk_rows)
+    load_start = os.getloadavg()
     warm_up(path)
     rounds = []
     for i in range(args.repeats):
@@ -217,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
+            "loadavg_at_start": load_start,
             "loadavg_at_end": load,
         },
         "rounds": rounds,
@@ -239,16 +241,18 @@ def main(argv: list[str] | None = None) -> None:
         f"`python -m bench.loo {' '.join(cli)}`: {args.chains} chain(s) x "
         f"{args.draws} draws x {args.rows:,} rows float32 "
         f"({record['store_bytes'] / 2**30:.2f} GiB), chunks of {args.chunk_rows} rows; "
-        f"{args.repeats} rounds, medians. Machine: {os.cpu_count()} CPUs, load average at "
-        f"the end {load[0]:.1f} (shared machine: wall times are inflated when others run).",
+        f"{args.repeats} rounds, medians. Machine: {os.cpu_count()} CPUs, load average "
+        f"{load_start[0]:.1f} at the start, {load[0]:.1f} at the end (shared machine: wall "
+        "times are inflated when others run; CPU s is the steadier figure).",
         "",
-        "| step | wall s | CPU s | peak dRSS MiB |",
-        "|---|---|---|---|",
+        "| step | wall s | CPU s | CPU / wall (cores used) | peak dRSS MiB |",
+        "|---|---|---|---|---|",
     ]
     for kind, label in (("read", "read once (Dask sum)"), ("loo", "aimz_io.loo")):
         m = med[kind]
         lines.append(
-            f"| {label} | {m['wall_s']:.2f} | {m['cpu_s']:.1f} | {m['rss_increase_mib']:.0f} |"
+            f"| {label} | {m['wall_s']:.2f} | {m['cpu_s']:.1f} | "
+            f"{m['cpu_s'] / m['wall_s']:.2f} | {m['rss_increase_mib']:.0f} |"
         )
     lines += [
         "",

@@ -159,7 +159,8 @@ def test_chunked_equals_one_block_without_arviz(rng, monkeypatch):
 def test_write_to_path_without_dask_store(rng, tmp_path, monkeypatch):
     ll = rng.normal(size=(2, 60, 9)).astype(np.float32) - 1
     da = xr.DataArray(ll, dims=("chain", "draw", "obs"), name="y")
-    monkeypatch.setattr(loo_module, "SLAB_BYTES", 120 * 4 * 4)
+    monkeypatch.setattr(loo_module, "SLAB_BYTES", 120 * 4 * 4)  # 3 slabs
+    monkeypatch.setattr(loo_module, "WORKERS", 3)  # all in flight: results stay in order
     result = _quiet(loo, da, reff=1.0, write=tmp_path / "out")
     reopened = xr.open_zarr(tmp_path / "out", consolidated=False)
     np.testing.assert_allclose(reopened["elpd_i"].values, result.elpd_i.values)

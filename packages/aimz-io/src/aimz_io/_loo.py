@@ -5,7 +5,8 @@ result type) but reads the log-likelihood chunk by chunk: each chunk of an aimz
 store holds every chain and draw of a block of rows, so Pareto-smoothed importance
 sampling (:mod:`aimz_io._psis`) runs on each chunk alone and only sums and counts
 cross chunks. Dask-backed data run as one Dask graph (chunk-parallel, unchanged on
-a Dask cluster); other data are read in slabs of about ``SLAB_BYTES``.
+a Dask cluster; each chunk is passed to PSIS without a copy); other data are read in
+slabs of about ``SLAB_BYTES``, ``WORKERS`` slabs at a time by a thread pool.
 
 Pointwise results (``elpd_i``, ``pareto_k``, ``p_loo_i``) are lazy for Dask-backed
 inputs (computing them reads the log-likelihood again) and in memory otherwise,
@@ -25,7 +26,9 @@ import os
 import shutil
 import uuid
 import warnings
+from collections import deque
 from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,8 @@ from aimz_io.lazy_arrays import has_dask
 
 #: Bytes of log-likelihood read at a time when the data are not Dask-backed.
 SLAB_BYTES = 64 * 2**20
+#: Threads processing slabs of data that are not Dask-backed (each holds one slab).
+WORKERS = max(1, min(2, os.cpu_count() or 1))
 #: Group attribute holding the summary of a written LOO result.
 LOO_ATTR = "aimz_loo"
 #: Pointwise arrays: ``(name, row of the PSIS output)``.
@@ -299,6 +304,15 @@ def _psis_block(block: np.ndarray, reff: float) -> np.ndarray:
     return psis_loo(block.reshape(chains * draws, -1), reff).reshape(3, *obs)
 
 
+def _psis_blocks(blocks: Any, reff: float) -> np.ndarray:
+    """:func:`_psis_block` of Dask's ``[chain][draw]`` blocks (one block: no copy)."""
+    if len(blocks) == 1 and len(blocks[0]) == 1:
+        block = blocks[0][0]
+    else:
+        block = np.concatenate([np.concatenate(row, axis=1) for row in blocks], axis=0)
+    return _psis_block(block, reff)
+
+
 def _run_dask(
     variable: xr.DataArray, reff: float, arrays: dict[str, Any] | None
 ) -> tuple[dict[str, Any], Any]:
@@ -311,12 +325,12 @@ def _run_dask(
         data = data[:, :, None]
     index = tuple(range(2, data.ndim))
     pw = da.blockwise(
-        _psis_block,
+        _psis_blocks,
         (-1, *index),
         data,
         (0, 1, *index),
         new_axes={-1: 3},
-        concatenate=True,
+        concatenate=False,
         dtype=np.float64,
         reff=reff,
     )
@@ -356,19 +370,14 @@ def _run_slabs(
     kept = np.empty((3, *obs_shape)) if keep else None
     good_k = good_k_threshold(n_samples)
     totals = dict.fromkeys(("n", "elpd", "m2", "p", "bad_k", "nan_k", "bad_elpd"), 0.0)
-    start = 0
-    for block in _slabs(variable):
-        out = _psis_block(block if block.ndim > 2 else block[:, :, None], reff)
-        out = out.reshape(3, *block.shape[2:])
-        stop = start + (block.shape[2] if block.ndim > 2 else 1)
-        region = (slice(start, stop),) if block.ndim > 2 else ()
+    for start, stop, out in _slab_outputs(variable, reff):
+        region = (slice(start, stop),) if variable.ndim > 2 else ()
         if kept is not None:
             kept[(slice(None), *region)] = out
         if arrays is not None:
             for key, row in POINTWISE:
                 arrays[key][region] = out[row]
         _accumulate(totals, out, good_k)
-        start = stop
     n = totals["n"]
     totals["var"] = totals.pop("m2") / (n - 1) if n > 1 else 0.0
     return totals, kept
@@ -390,6 +399,31 @@ def _accumulate(totals: dict[str, float], out: np.ndarray, good_k: float) -> Non
         totals["bad_k"] += float(np.sum(out[1] > good_k))
     totals["nan_k"] += float(np.isnan(out[1]).sum())
     totals["bad_elpd"] += float((~np.isfinite(elpd)).sum())
+
+
+def _slab_outputs(variable: xr.DataArray, reff: float):
+    """``(start, stop, (3, *obs) PSIS output)`` of each slab, in order.
+
+    Slabs are read and processed by ``WORKERS`` threads (NumPy, XLA and Zarr release
+    the GIL), at most ``WORKERS`` slabs in flight.
+    """
+
+    def job(start: int, stop: int) -> np.ndarray:
+        block = np.asarray(variable.isel({variable.dims[2]: slice(start, stop)}).values)
+        return _psis_block(block, reff).reshape(3, *block.shape[2:])
+
+    if variable.ndim == 2:
+        yield 0, 1, _psis_block(np.asarray(variable.values)[:, :, None], reff).reshape(3)
+        return
+    size, step = variable.sizes[variable.dims[2]], _slab_rows(variable)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        pending: deque = deque()
+        for start in range(0, size, step):
+            stop = min(start + step, size)
+            pending.append((start, stop, pool.submit(job, start, stop)))
+            while len(pending) >= WORKERS or (pending and stop == size):  # drain at the end
+                first, last, future = pending.popleft()
+                yield first, last, future.result()
 
 
 def _slabs(variable: xr.DataArray):

@@ -1,13 +1,18 @@
 """XLA-compiled PSIS-LOO block function (see :mod:`aimz_io._psis` for the estimator).
 
-One ``jax.jit`` function computes ``elpd_i``, ``pareto_k`` and ``p_loo_i`` of a block
-``(samples, BATCH)`` of log-likelihood values, on the CPU, in one compiled program:
-XLA fuses the exponentials and sums and vectorises them, and ``lax.top_k`` selects the
-tail. The input keeps its precision (float32 or float64) where ArviZ computes in it
-(the exponentials, the ratios and the exceedances); everything else is float64, traced
-under the thread-local ``jax.enable_x64`` context (the global flag is never changed).
-Blocks are padded to ``BATCH`` observations, so each ``(samples, dtype, tail)`` is
-compiled once.
+A block ``(samples, n)`` is transposed ``BATCH`` observations at a time (small NumPy
+tiles), each row's tail is selected with ``np.partition`` and sorted, its exceedances
+are computed with NumPy (bit-exact with ArviZ), and one ``jax.jit`` function computes
+``elpd_i``, ``pareto_k`` and ``p_loo_i`` of the batch on the CPU: the exponentials
+and sums over the draws, the Zhang & Stephens fit and the smoothed tail. The input
+keeps its precision (float32 or float64) where ArviZ computes in it (the
+exponentials, the ratios, the exceedances, the smoothed tail weights); everything
+else is float64, traced under the thread-local ``jax.enable_x64`` context (the global
+flag is never changed). The fit works observation-last (``(grid, n)`` arrays, which
+XLA vectorises) and takes one logarithm per grid value: products of ``GROUP`` factors
+are split into mantissa and exponent with bit operations. Batches are padded to
+``BATCH`` observations, so each ``(samples, dtype, tail)`` is compiled once. The GIL
+is released in NumPy and XLA, so blocks can run in parallel threads.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ PRIOR_BS = 3.0
 PRIOR_K_WEIGHT = 10.0
 PRIOR_K_MEAN = 0.5
 _EPS = float(np.finfo(float).eps)
+_MANTISSA = (1 << 52) - 1
+_ONE_BITS = 1023 << 52
+#: Factor range whose products of ``GROUP`` factors stay normal float64 numbers.
+_FACTOR_MIN, _FACTOR_MAX = 1e-38, 1e38
 
 
 def psis_block(values: np.ndarray, tail: int) -> np.ndarray:
@@ -41,80 +50,104 @@ def psis_block(values: np.ndarray, tail: int) -> np.ndarray:
     out = np.empty((3, n_obs))
     cpu = jax.devices("cpu")[0]
     with jax.enable_x64(True), jax.default_device(cpu):
+        rows = np.empty((BATCH, n_samples), values.dtype)  # reused: each call waits
         for lo in range(0, n_obs, BATCH):
             hi = min(lo + BATCH, n_obs)
-            rows = np.empty((BATCH, n_samples), values.dtype)
             rows[hi - lo :] = 0.0  # padding: constant rows, dropped below
             for start in range(lo, hi, _TILE):  # NumPy transposes small tiles faster
                 tile = np.ascontiguousarray(values[:, start : min(start + _TILE, hi)])
                 rows[start - lo : start - lo + tile.shape[1]] = tile.T
+            high = rows.max(axis=1)  # NumPy's row maximum is faster than XLA's
             rows.partition(tail, axis=1)  # rows[:, :tail]: the tail (smallest log-lik)
             head = np.sort(rows[:, : tail + 1], axis=1)
             exceed, cutoff = _exceedances(head)
-            out[:, lo:hi] = np.asarray(_compiled(rows, head, exceed, cutoff))[:, : hi - lo]
+            result = _compiled(rows, high, head, exceed, cutoff)
+            out[:, lo:hi] = np.asarray(result)[:, : hi - lo]
     return out
 
 
 def _exceedances(head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tail exceedances ``(n, tail)`` (ascending) and cutoffs ``(n,)``, float64.
+    """Tail exceedances ``(tail, n)`` (ascending down the columns) and cutoffs ``(n,)``.
 
     The ratios are computed in the input's precision with NumPy's ``exp``, as ArviZ
     computes them: the GPD fit is sensitive to the last bit of the smallest
-    exceedances, and XLA's float32 ``exp`` rounds differently.
+    exceedances, and XLA's float32 ``exp`` rounds differently. Both are float64.
     """
     dist = head.astype(np.float64)
     dist -= dist[:, :1]
     with np.errstate(all="ignore"):
         cutoff = np.exp((-dist[:, -1]).astype(head.dtype))
-        exceed = np.exp((-dist[:, -2::-1]).astype(head.dtype))
-        exceed -= cutoff[:, None]
+        exceed = np.exp((-dist[:, -2::-1].T).astype(head.dtype))
+        exceed -= cutoff[None, :]
     return exceed.astype(np.float64), cutoff.astype(np.float64)
 
 
 @jax.jit
 def _compiled(
-    rows: jax.Array, head_in: jax.Array, exceed: jax.Array, cutoff: jax.Array
+    rows: jax.Array,
+    high: jax.Array,
+    head_in: jax.Array,
+    exceed: jax.Array,
+    cutoff: jax.Array,
 ) -> jax.Array:
-    """``rows`` ``(n, S)`` partitioned at the tail, ``head_in`` its ``tail + 1`` smallest."""
+    """PSIS output ``(3, n)`` of ``rows`` ``(n, S)`` partitioned at the tail.
+
+    ``high``: the row maxima; ``head_in``: the ``tail + 1`` smallest values of each
+    row, sorted; ``exceed`` ``(tail, n)`` and ``cutoff`` ``(n,)``: see
+    :func:`_exceedances`.
+    """
     f64 = jnp.float64
     n_samples = rows.shape[1]
     tail = head_in.shape[1] - 1
-    head = head_in.astype(f64)
-    low = head[:, 0]
-    dist = head - low[:, None]
-    high = rows.max(axis=1)
-    rest = rows[:, tail:]
-    non_tail = jnp.exp(head_in[:, :1] - rest).astype(f64).sum(axis=1)
+    low = head_in[:, :1]
+    # Non-tail ratios exp(low - x); a mask rather than a slice (unaligned, slower).
+    in_rest = lax.broadcasted_iota(jnp.int32, rows.shape, 1) >= tail
+    shifted = jnp.where(in_rest, low - rows, -jnp.inf)
+    non_tail = jnp.exp(shifted).astype(f64).sum(axis=1)
     lppd = jnp.log(jnp.exp(rows - high[:, None]).astype(f64).sum(axis=1))
     lppd = lppd + high.astype(f64) - np.log(n_samples)
 
-    raw_tail = -dist[:, :tail][:, ::-1]  # log ratios of the tail, ascending
     k_hat, sigma = _gpd_fit(exceed)
-    smoothed = jnp.log(_gpd_quantiles(tail, k_hat, sigma, cutoff))
-    smoothed = jnp.where(smoothed > 0, 0.0, smoothed)
-    log_tail = jnp.where(jnp.isfinite(k_hat)[:, None], smoothed, raw_tail)
-    log_norm = jnp.log(non_tail + jnp.exp(log_tail).sum(axis=1))
-    paired = jnp.exp(log_tail - raw_tail).sum(axis=1)
-    elpd = low + jnp.log((n_samples - tail) + paired) - log_norm
+    finite = jnp.isfinite(k_hat)
+    # Smoothed ratios (largest first, as the tail values in head_in), capped at the
+    # largest raw ratio (1).
+    smoothed = jnp.minimum(_gpd_quantiles(tail, k_hat, sigma, cutoff), 1.0)
+    dist = head_in[:, :tail].astype(f64) - low.astype(f64)  # -log raw ratios
+
+    def raw_sums(smoothed_sum: jax.Array) -> jax.Array:
+        return jnp.where(finite, smoothed_sum, jnp.exp(-dist).sum(axis=1))
+
+    ratio_sum = smoothed.sum(axis=1)
+    ratio_sum = lax.cond(finite.all(), lambda t: t, raw_sums, ratio_sum)
+    log_norm = jnp.log(non_tail + ratio_sum)
+    # log sum_j smoothed_j / raw_j, around the largest distance (no overflow). The
+    # factors exp(dist_j - top) are computed in the input's precision: ArviZ stores
+    # the smoothed log weights in it.
+    top = dist[:, tail - 1]
+    factors = jnp.exp(head_in[:, :tail] - head_in[:, tail - 1 : tail]).astype(f64)
+    paired = top + jnp.log((smoothed * factors).sum(axis=1))
+    paired = jnp.where(finite, paired, np.log(tail))
+    elpd = low[:, 0].astype(f64) + jnp.logaddexp(np.log(n_samples - tail), paired) - log_norm
     return jnp.stack([elpd, k_hat, lppd - elpd])
 
 
 def _gpd_fit(exceed: jax.Array) -> tuple[jax.Array, jax.Array]:
-    n_tail = exceed.shape[1]
+    """Zhang & Stephens fit of ``exceed`` ``(tail, n)``: ``k_hat`` and ``sigma`` ``(n,)``."""
+    n_tail = exceed.shape[0]
     grid = 30 + int(n_tail**0.5)
-    xstar = exceed[:, int(n_tail / 4 + 0.5) - 1]
-    valid = xstar > exceed[:, 0]
+    xstar = exceed[int(n_tail / 4 + 0.5) - 1]
+    valid = xstar > exceed[0]
     steps = 1 - np.sqrt(grid / (np.arange(1, grid + 1) - 0.5))
-    b = steps[None, :] / (PRIOR_BS * xstar[:, None]) + 1 / exceed[:, -1:]
+    b = steps[:, None] / (PRIOR_BS * xstar[None, :]) + 1 / exceed[-1:]  # (grid, n)
     k_grid = _mean_log1p(-b, exceed)
     profile = n_tail * (jnp.log(-b / k_grid) - k_grid - 1)
-    weights = jnp.exp(profile - profile.max(axis=1, keepdims=True))
-    weights = weights / weights.sum(axis=1, keepdims=True)
+    weights = jnp.exp(profile - profile.max(axis=0, keepdims=True))
+    weights = weights / weights.sum(axis=0, keepdims=True)
     weights = jnp.where(weights >= 10 * _EPS, weights, 0.0)
-    total = weights.sum(axis=1, keepdims=True)
+    total = weights.sum(axis=0, keepdims=True)
     weights = jnp.where(total > 0, weights / jnp.where(total > 0, total, 1.0), 0.0)
-    b_post = jnp.where(weights > 0, b * weights, 0.0).sum(axis=1)
-    k_raw = jnp.log1p(-b_post[:, None] * exceed).mean(axis=1)
+    b_post = jnp.where(weights > 0, b * weights, 0.0).sum(axis=0)
+    k_raw = _mean_log1p(-b_post[None, :], exceed)[0]
     sigma = -k_raw / b_post
     k_hat = (n_tail * k_raw + PRIOR_K_WEIGHT * PRIOR_K_MEAN) / (n_tail + PRIOR_K_WEIGHT)
     k_hat = jnp.where(jnp.isnan(k_hat), jnp.inf, k_hat)
@@ -123,27 +156,48 @@ def _gpd_fit(exceed: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _mean_log1p(scale: jax.Array, exceed: jax.Array) -> jax.Array:
-    """``mean_j log1p(scale[:, g] * exceed[:, j])``: ``(n, G)``, one log per ``GROUP``."""
-    n, n_tail = exceed.shape
+    """``mean_j log1p(scale[g] * exceed[j])`` ``(G, n)`` for ``scale`` ``(G, n)``.
+
+    Products of ``GROUP`` factors are split into exponent and mantissa (bit
+    operations); the mantissas of a row are multiplied together, so each grid value
+    takes one logarithm. Rows with a factor that is not a positive normal number
+    (or a non-finite product) are recomputed directly with ``log1p``.
+    """
+    n_tail, n = exceed.shape
     groups = -(-n_tail // GROUP)
-    padded = jnp.pad(exceed, ((0, 0), (0, GROUP * groups - n_tail)))
-    parts = padded.reshape(n, 1, groups, GROUP)
-    product = jnp.prod(1.0 + scale[:, :, None, None] * parts, axis=3)
-    total = jnp.log(product).sum(axis=2)
-    bad = ~jnp.isfinite(total).all(axis=1) & jnp.isfinite(scale).all(axis=1)
+    padded = jnp.pad(exceed, ((0, GROUP * groups - n_tail), (0, 0)))
+    parts = padded.reshape(groups, GROUP, n)
+    product = None
+    for j in range(GROUP):
+        factor = 1.0 + scale[:, None, :] * parts[None, :, j, :]
+        product = factor if product is None else product * factor
+    bits = lax.bitcast_convert_type(product, jnp.int64)
+    exponent = (bits >> 52) & 0x7FF
+    mantissa = lax.bitcast_convert_type((bits & _MANTISSA) | _ONE_BITS, jnp.float64)  # [1, 2)
+    acc, exps = mantissa[:, 0], exponent[:, 0]
+    for g in range(1, groups):  # at most 2**groups: no overflow
+        acc, exps = acc * mantissa[:, g], exps + exponent[:, g]
+    total = jnp.log(acc) + (exps - 1023 * groups).astype(jnp.float64) * np.log(2.0)
+    # Factors are linear in the (ascending) exceedances: their range bounds the
+    # products, which are then positive normal numbers (exponent and mantissa valid).
+    ends = (scale * exceed[:1], scale * exceed[-1:])
+    fine = (1 + jnp.minimum(*ends) > _FACTOR_MIN) & (1 + jnp.maximum(*ends) < _FACTOR_MAX)
+    total = jnp.where(fine, total, jnp.nan)
+    bad = ~jnp.isfinite(total).all(axis=0) & jnp.isfinite(scale).all(axis=0)
 
     def direct(total: jax.Array) -> jax.Array:
-        exact = jnp.log1p(scale[:, :, None] * exceed[:, None, :]).sum(axis=2)
-        return jnp.where(bad[:, None], exact, total)
+        exact = jnp.log1p(scale[:, None, :] * exceed[None, :, :]).sum(axis=1)
+        return jnp.where(bad[None, :], exact, total)
 
     total = lax.cond(bad.any(), direct, lambda t: t, total)
     return total / n_tail
 
 
 def _gpd_quantiles(n_tail: int, k: jax.Array, sigma: jax.Array, location: jax.Array) -> jax.Array:
-    log_tail = np.log1p(-(np.arange(n_tail) + 0.5) / n_tail)[None, :]
-    k = k[:, None]
-    general = location[:, None] + sigma[:, None] * jnp.expm1(-k * log_tail) / k
-    exponential = location[:, None] - sigma[:, None] * log_tail
+    """GPD quantiles at ``(j - 0.5) / n_tail``, largest first: ``(n, n_tail)``."""
+    log_tail = np.log1p(-(np.arange(n_tail)[::-1] + 0.5) / n_tail)[None, :]
+    k, sigma, location = k[:, None], sigma[:, None], location[:, None]
+    general = location + sigma * jnp.expm1(-k * log_tail) / k
+    exponential = location - sigma * log_tail
     q = jnp.where(k == 0, exponential, general)
-    return jnp.where((sigma > 0)[:, None], q, jnp.nan)
+    return jnp.where(sigma > 0, q, jnp.nan)
