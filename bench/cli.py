@@ -52,7 +52,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--floor-budget",
         type=float,
         default=FL.DEFAULT_BUDGET,
-        help="cells (draws x rows) each floor formulation is swept on (default 1e7)",
+        help="cells (draws x rows) each floor formulation is swept on (default 5e6)",
     )
     p.add_argument(
         "--floor-repeats",

@@ -18,7 +18,7 @@ import (the fitted posterior is passed in as host arrays).
 Timing, to stay inside the bench's time budget:
 
 1. **Sweep**: every formulation is compiled, then timed once on a slice of the case of
-   at most ``budget`` cells (draws x rows; default 1e7, the whole of
+   at most ``budget`` cells (draws x rows; default 5e6, half of
    ``mlp-1000x10K``): all rows of the slice in batches of the formulation's size, and
    fewer draws only when rows alone exceed the budget (never fewer than 16 draws; the
    ``vmap`` formulation then vectorises the slice's draws, and says so). A slice that
@@ -50,7 +50,7 @@ from numpyro import handlers
 
 ROW_BATCHES = (5_000, 10_000, 20_000, 50_000)
 BLOCKS = (2, 4, 8, 16)
-DEFAULT_BUDGET = 10_000_000
+DEFAULT_BUDGET = 5_000_000
 #: A sweep slice faster than this is run again (best of up to 3 runs).
 MIN_SWEEP_S = 2.0
 MiB = 2**20
