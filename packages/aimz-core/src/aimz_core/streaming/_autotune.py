@@ -57,7 +57,12 @@ from aimz_core._jit_cache import (
 )
 from aimz_core._locks import TRACE_LOCK
 from aimz_core._posterior import first_draw
-from aimz_core._sizing import MAX_DRAWS_PER_BLOCK, MIN_DRAWS_PER_BLOCK, TEMP_BYTES_PER_BLOCK
+from aimz_core._sizing import (
+    CACHE_BYTES_PER_BLOCK,
+    MAX_DRAWS_PER_BLOCK,
+    MIN_DRAWS_PER_BLOCK,
+    TEMP_BYTES_PER_BLOCK,
+)
 
 if TYPE_CHECKING:
     from aimz_core.streaming.blocks import BlockRunner
@@ -167,11 +172,16 @@ def slice_length(num_draws: int) -> int:
 
 def candidates(block: int | None, per_draw: int, length: int) -> list[Formulation]:
     """The formulations a call times: the planner's first, ``lax.map`` over single
-    draws, and a block twice (or half) the planner's within the memory budget.
+    draws, and a block twice the planner's within the memory budget, or half of it
+    when the planner's block already overflows the cache budget
+    (:data:`~aimz_core._sizing.CACHE_BYTES_PER_BLOCK`: large draws, such as a wide
+    layer over many rows, where vectorising draws only adds memory traffic).
 
     Example:
         >>> [f.label for f in candidates(4, 2**20, 125)]
         ['vmap-4', 'map', 'vmap-8']
+        >>> [f.label for f in candidates(4, 2**21, 125)]  # 8 MiB per block of 4
+        ['vmap-4', 'map', 'vmap-2']
         >>> [f.label for f in candidates(16, 1000, 125)]
         ['vmap-16', 'map', 'vmap-8']
         >>> [f.label for f in candidates(None, 1000, 8)]
@@ -181,6 +191,8 @@ def candidates(block: int | None, per_draw: int, length: int) -> list[Formulatio
     out = [Formulation("vmap", block), Formulation("map")]
     if block is None:
         other = MIN_DRAWS_PER_BLOCK
+    elif block * per_draw > CACHE_BYTES_PER_BLOCK and block >= 4:
+        other = block // 2
     elif 2 * block <= most and 2 * block < length:
         other = 2 * block
     else:
