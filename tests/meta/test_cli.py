@@ -2,7 +2,9 @@
 
 The demo runs once per module in a subprocess (the installed console script); the
 artifacts it reports are then checked one by one, and the model it logged is scored
-with ``aimz predict``. Error cases run ``aimz.cli.main`` in-process where possible.
+with ``aimz predict`` (also a subprocess, started as soon as the demo has finished so
+that it runs while the in-process checks do). Error cases run ``aimz.cli.main``
+in-process where possible.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +44,35 @@ def run_aimz(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Complete
     )
 
 
+def _predict_demo_model(out: Path, model_uri: str, tracking_uri: str) -> tuple[Path, object]:
+    """Score the demo's logged model with ``aimz predict``; ``(output dir, process)``."""
+    pred = out / "pred"
+    proc = run_aimz(
+        "predict",
+        model_uri,
+        "--tracking-uri",
+        tracking_uri,
+        "--input",
+        str(out / "x.npy"),
+        "--output",
+        str(pred),
+        "--batch-size",
+        "128",
+        "--seed",
+        "1",
+        "--no-progress",
+        cwd=out.parent,
+    )
+    return pred, proc
+
+
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Run ``aimz demo --out tmp --no-progress`` once and parse what it printed."""
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """Run ``aimz demo --out tmp --no-progress`` once and parse what it printed.
+
+    ``aimz predict`` on the logged model then starts in the background:
+    ``demo["predict"].result()`` is its ``(output dir, process)``.
+    """
     if not AIMZ.exists():
         pytest.skip(f"console script not installed at {AIMZ}")
     root = tmp_path_factory.mktemp("cli")
@@ -58,7 +88,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
         r"PSIS-LOO of y: elpd_loo (-?[0-9.]+) ± ([0-9.]+) \(p_loo (-?[0-9.]+);", stdout
     )
     assert model_uri and tracking_uri and run_id and model_dir and elpd, stdout
-    return {
+    pool = ThreadPoolExecutor(max_workers=1)
+    predict = pool.submit(_predict_demo_model, out, model_uri.group(), tracking_uri.group(1))
+    yield {
         "root": root,
         "out": out,
         "stdout": stdout,
@@ -71,7 +103,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "elpd_loo_se": float(elpd.group(2)),
             "p_loo": float(elpd.group(3)),
         },
+        "predict": predict,
     }
+    pool.shutdown(wait=True)
 
 
 def _run_values(demo: dict, table: str) -> dict:
@@ -197,23 +231,10 @@ def test_demo_logs_run_and_model(demo: dict) -> None:
 def test_predict_scores_the_demo_model(demo: dict) -> None:
     import xarray as xr
 
-    out = demo["out"] / "pred"
-    proc = run_aimz(
-        "predict",
-        demo["model_uri"],
-        "--tracking-uri",
-        demo["tracking_uri"],
-        "--input",
-        str(demo["out"] / "x.npy"),
-        "--output",
-        str(out),
-        "--batch-size",
-        "128",
-        "--seed",
-        "1",
-        "--no-progress",
-        cwd=demo["root"],
-    )
+    # aimz predict <model_uri> --tracking-uri <uri> --input x.npy --output <out>
+    # --batch-size 128 --seed 1 --no-progress, started by the fixture
+    out, proc = demo["predict"].result()
+    assert out == demo["out"] / "pred"
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "written:" in proc.stdout
     (store,) = out.iterdir()
