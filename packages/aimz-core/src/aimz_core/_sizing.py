@@ -72,8 +72,11 @@ TEMP_BYTES_PER_BLOCK = 32 * 2**20
 #: with 16 draws per block (~1 MiB) than with 503 (~32 MiB), the observation-level
 #: latent model 1.7x faster with 2-4 draws (~3-6 MiB) than with 20.
 CACHE_BYTES_PER_BLOCK = 4 * 2**20
-#: Draws per block never drop below this unless memory demands it: the MLP (7 MB
-#: per draw) is fastest at 4 draws per block (3.30 s vs 3.73 s with 1).
+#: Rows per batch leave room for at least this many draws per block within the
+#: memory budget (:func:`rows_for_intermediates`). The block itself follows the
+#: cache budget down to single draws: the benchmark MLP (about 2 MB per draw at
+#: 3,584 rows, 1000 x 10K on an idle 2-core machine) took 12.8 s with blocks of 4,
+#: 11.3 s with 2 and 10.7 s with single draws (`python -m bench.blocksweep`).
 MIN_DRAWS_PER_BLOCK = 4
 #: Larger blocks stopped paying in every measured case.
 MAX_DRAWS_PER_BLOCK = 16
@@ -147,10 +150,10 @@ def draw_block_size(
 
     Traces ``one_draw(*args)`` (a single draw, no compilation) and finds its largest
     intermediate value. A block holds as many draws as fit in
-    :data:`CACHE_BYTES_PER_BLOCK` (clamped to ``MIN_DRAWS_PER_BLOCK`` ..
-    ``MAX_DRAWS_PER_BLOCK``) and never more than fit in ``budget``; when every draw
-    together fits in :data:`CACHE_BYTES_PER_BLOCK` they all run at once (a few rows
-    per request: one ``vmap`` instead of a loop of blocks). Returns ``None``
+    :data:`CACHE_BYTES_PER_BLOCK` (1 to ``MAX_DRAWS_PER_BLOCK``) and never more than
+    fit in ``budget``; when every draw together fits in :data:`CACHE_BYTES_PER_BLOCK`
+    they all run at once (a few rows per request: one ``vmap`` instead of a loop of
+    blocks). Returns ``None``
     when one block covers every draw (plain ``vmap``), otherwise the block size for
     ``jax.lax.map(..., batch_size=block)``.
 
@@ -184,9 +187,7 @@ def block_for_draw_bytes(
     per_draw = max(1, int(per_draw))
     if per_draw * num_draws <= CACHE_BYTES_PER_BLOCK:  # every draw at once stays in cache
         return None
-    for_cache = min(
-        MAX_DRAWS_PER_BLOCK, max(MIN_DRAWS_PER_BLOCK, CACHE_BYTES_PER_BLOCK // per_draw)
-    )
+    for_cache = min(MAX_DRAWS_PER_BLOCK, max(1, CACHE_BYTES_PER_BLOCK // per_draw))
     block = max(1, min(for_cache, budget // per_draw))
     return None if block >= num_draws else block
 

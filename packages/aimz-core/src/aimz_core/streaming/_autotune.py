@@ -184,11 +184,15 @@ def candidates(block: int | None, per_draw: int, length: int) -> list[Formulatio
         ['vmap-4', 'map', 'vmap-2']
         >>> [f.label for f in candidates(16, 1000, 125)]
         ['vmap-16', 'map', 'vmap-8']
+        >>> [f.label for f in candidates(1, 2**22, 125)]  # single draws: try pairs
+        ['vmap-1', 'vmap-2']
         >>> [f.label for f in candidates(None, 1000, 8)]
         ['vmap-all', 'map', 'vmap-4']
     """
     most = min(MAX_DRAWS_PER_BLOCK, TEMP_BYTES_PER_BLOCK // max(1, per_draw))
-    out = [Formulation("vmap", block), Formulation("map")]
+    out = [Formulation("vmap", block)]
+    if block != 1:  # a block of 1 is `lax.map` over single draws already
+        out.append(Formulation("map"))
     if block is None:
         other = MIN_DRAWS_PER_BLOCK
     elif block * per_draw > CACHE_BYTES_PER_BLOCK and block >= 4:
