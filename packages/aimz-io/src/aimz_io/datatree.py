@@ -292,7 +292,7 @@ def tree_from_arrays(
         groups: Group name to ``{site: array}``; every array has a flattened
             leading draw axis of size ``chain * draw``. Groups keep this order. A
             group may also be a Dataset built ahead of time (a ``posterior`` group
-            from :func:`posterior_dataset`); it is used as it is, with the tree's
+            from ``aimz_io.datatree.posterior_dataset``); it is used as it is, with the tree's
             attributes.
         num_chains: Number of chains the draw axis splits into.
         dims: Dim names (after the draw axis) per site name, for any group.
