@@ -79,9 +79,12 @@ def test_top_level_names_are_io_objects(name: str) -> None:
 def test_import_aimz_is_lazy_and_fast() -> None:
     """``import aimz`` loads no I/O stack and adds little to NumPy (which the core needs).
 
-    On an idle machine the whole import takes about 0.1-0.2 s, most of it NumPy; the
-    bound is on aimz's own share, in CPU time (``time.process_time``), so that a busy
-    shared machine does not fail it: wall time there measures the other processes.
+    The bound is on aimz's own share, in CPU time (``time.process_time``), so that a
+    busy shared machine does not fail it: wall time there measures the other
+    processes. It is relative to NumPy's import in the same process, so that it holds
+    on a slow CPU too: a 2 GHz Xeon took 0.10-0.12 s of CPU for aimz and 0.23-0.26 s
+    for NumPy (bytecode cached), where the former bound of 0.1 s failed. Importing
+    JAX, xarray or MLflow would cost several times NumPy's import.
     """
     code = (
         "import sys, time\n"
@@ -93,18 +96,20 @@ def test_import_aimz_is_lazy_and_fast() -> None:
         "heavy = ('aimz_io', 'xarray', 'zarr', 'pandas', 'mlflow', 'jax')\n"
         "loaded = sorted(m for m in heavy if m in sys.modules)\n"
         "assert not loaded, loaded\n"
-        "print(t2 - t1)\n"
+        "print(t1 - t0, t2 - t1)\n"
     )
     # Best of three: the first run may compile bytecode.
-    times = [
-        float(
-            subprocess.run(
+    runs = [
+        tuple(
+            float(v)
+            for v in subprocess.run(
                 [sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True
-            ).stdout
+            ).stdout.split()
         )
         for _ in range(3)
     ]
-    assert min(times) < 0.1, times
+    numpy_s, aimz_s = min(runs, key=lambda run: run[1])
+    assert aimz_s < max(0.1, numpy_s), runs
 
 
 def test_every_public_name_is_defined_by_a_part() -> None:
