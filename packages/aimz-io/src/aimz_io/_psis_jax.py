@@ -1,10 +1,10 @@
 """XLA-compiled PSIS-LOO block function (see :mod:`aimz_io._psis` for the estimator).
 
-A block ``(samples, n)`` is transposed ``BATCH`` observations at a time (small NumPy
-tiles), each row's tail is selected with ``np.partition`` and sorted, its exceedances
-are computed with NumPy (bit-exact with ArviZ), and one ``jax.jit`` function computes
-``elpd_i``, ``pareto_k`` and ``p_loo_i`` of the batch on the CPU: the exponentials
-and sums over the draws, the Zhang & Stephens fit and the smoothed tail. The input
+A block ``(samples, n)`` is transposed ``BATCH`` observations at a time (in steps of
+``_DRAW_TILE`` draws), each row's tail is selected with ``np.partition`` and sorted,
+its exceedances are computed with NumPy (bit-exact with ArviZ), and one ``jax.jit``
+function computes ``elpd_i``, ``pareto_k`` and ``p_loo_i`` of the batch on the CPU:
+the exponentials and sums over the draws, the Zhang & Stephens fit and the smoothed tail. The input
 keeps its precision (float32 or float64) where ArviZ computes in it (the
 exponentials, the ratios, the exceedances, the smoothed tail weights); everything
 else is float64, traced under the thread-local ``jax.enable_x64`` context (the global
@@ -24,7 +24,11 @@ from jax import lax
 
 #: Observations per compiled call (the last block of a chunk is padded).
 BATCH = 512
-_TILE = 64
+#: Draws per step of the transpose into ``rows``: a step reads ``BATCH`` observations
+#: of consecutive draws. Walking narrow column tiles instead hits cache-set conflicts
+#: when a chunk's row length is a power of two (4,096 observations): on a 2 GHz Xeon
+#: a 1,000 x 4,096 float32 chunk took 8 ms this way, 13-16 ms with 64-column tiles.
+_DRAW_TILE = 100
 #: Factors multiplied together before one logarithm in the GPD fit.
 GROUP = 8
 PRIOR_BS = 3.0
@@ -54,9 +58,9 @@ def psis_block(values: np.ndarray, tail: int) -> np.ndarray:
         for lo in range(0, n_obs, BATCH):
             hi = min(lo + BATCH, n_obs)
             rows[hi - lo :] = 0.0  # padding: constant rows, dropped below
-            for start in range(lo, hi, _TILE):  # NumPy transposes small tiles faster
-                tile = np.ascontiguousarray(values[:, start : min(start + _TILE, hi)])
-                rows[start - lo : start - lo + tile.shape[1]] = tile.T
+            for first in range(0, n_samples, _DRAW_TILE):
+                last = min(first + _DRAW_TILE, n_samples)
+                rows[: hi - lo, first:last] = values[first:last, lo:hi].T
             high = rows.max(axis=1)  # NumPy's row maximum is faster than XLA's
             rows.partition(tail, axis=1)  # rows[:, :tail]: the tail (smallest log-lik)
             head = np.sort(rows[:, : tail + 1], axis=1)
