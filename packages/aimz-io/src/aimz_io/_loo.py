@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 import warnings
 from collections import deque
 from collections.abc import Hashable
@@ -35,9 +34,15 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-import zarr
 from aimz_core.backend import is_url
 
+from aimz_io._loo_output import (
+    LOO_ATTR,
+    POINTWISE,
+    create_outputs,
+    move_into_place,
+    write_target,
+)
 from aimz_io._psis import (
     OBS_BATCH,
     check_samples,
@@ -54,10 +59,6 @@ from aimz_io.lazy_arrays import has_dask
 SLAB_BYTES = 64 * 2**20
 #: Threads processing slabs of data that are not Dask-backed (each holds one slab).
 WORKERS = max(1, min(2, os.cpu_count() or 1))
-#: Group attribute holding the summary of a written LOO result.
-LOO_ATTR = "aimz_loo"
-#: Pointwise arrays: ``(name, row of the PSIS output)``.
-POINTWISE = (("elpd_i", 0), ("pareto_k", 1), ("p_loo_i", 2))
 PARETO_WARNING = (
     "Estimated shape parameter of Pareto distribution is greater than {good_k:.2f} for "
     "one or more samples."
@@ -71,6 +72,14 @@ class LooResult:
     The fields are those of ``arviz_stats.utils.ELPDDataLOO``; with arviz-stats
     installed :func:`loo` returns that type instead, which ``arviz_stats.compare``
     and the ArviZ LOO plots accept.
+
+    Example:
+        >>> result = LooResult(
+        ...     elpd=-12.5, se=1.5, p=0.8, n_samples=400, n_data_points=10,
+        ...     scale="log", warning=False, good_k=0.62,
+        ... )
+        >>> result.kind, result.elpd / result.n_data_points
+        ('loo', -1.25)
     """
 
     #: Expected log pointwise predictive density, summed over observations.
@@ -162,14 +171,16 @@ def loo(
     if reff is not None:
         reff = _check_reff(reff)
     check_samples(n_samples, reff if reff is not None else 1.0)
-    plan = _write_target(write, store, name)
+    plan = write_target(write, store, name)
     if reff is None:
         reff = _default_reff(variable, posterior, n_samples)
     check_samples(n_samples, reff)
 
     lazy = variable.chunks is not None
     try:
-        group, arrays = _create_outputs(plan, variable, obs_dims) if plan else (None, None)
+        group, arrays = (
+            create_outputs(plan, variable, obs_dims, _slab_rows(variable)) if plan else (None, None)
+        )
         if lazy:
             totals, pw = _run_dask(variable, reff, arrays)
         else:
@@ -177,7 +188,7 @@ def loo(
         summary = _summary(totals, n_samples)
         if plan is not None:
             group.attrs.update({LOO_ATTR: {**summary, "var_name": name, "reff": float(reff)}})
-            _move_into_place(plan.tmp, plan.dst)
+            move_into_place(plan.tmp, plan.dst)
     finally:
         if plan is not None and plan.tmp.exists():
             shutil.rmtree(plan.tmp, ignore_errors=True)
@@ -515,101 +526,3 @@ def _obs_coords(variable: xr.DataArray, obs_dims: tuple[Hashable, ...]) -> dict[
         for key, coord in variable.coords.items()
         if coord.dims and set(coord.dims) <= set(obs_dims)
     }
-
-
-# ----------------------------------------------------------------------- writing
-@dataclass(frozen=True)
-class _WritePlan:
-    """``tmp``: written first (group at ``inner``); renamed to ``dst``; read at ``final``."""
-
-    tmp: Path
-    inner: Path
-    dst: Path
-    final: Path
-
-
-def _write_target(write: Any, store: Path | None, name: str) -> _WritePlan | None:
-    """Where pointwise results go (checked before any work), or ``None``."""
-    if write is None or write is False:
-        return None
-    tag = uuid.uuid4().hex[:12]
-    if write is True:
-        if store is None:
-            raise ValueError(
-                "`write=True` needs `data` read from a local aimz store (a path, or a "
-                "tree from `open_tree` / a persistent call); pass `write=<path>` instead."
-            )
-        loo_dir = store / "loo"
-        if not loo_dir.exists():
-            tmp = store / f".loo.tmp-{tag}"
-            return _WritePlan(tmp, tmp / name, loo_dir, loo_dir / name)
-        if not (loo_dir / "zarr.json").exists():
-            raise ValueError(f"{str(loo_dir)!r} exists and is not a Zarr group; move it away.")
-        tmp = loo_dir / f".{name}.tmp-{tag}"
-        return _WritePlan(tmp, tmp, loo_dir / name, loo_dir / name)
-    if not isinstance(write, (str, os.PathLike)) or is_url(write):
-        raise ValueError(f"`write` must be True, None or a local path, got {write!r}.")
-    target = Path(write).expanduser().resolve()
-    if target.exists() and not _is_loo_output(target):
-        raise ValueError(
-            f"`write` path {str(target)!r} exists and is not a LOO result; choose a new path."
-        )
-    if not target.parent.is_dir():
-        raise ValueError(f"`write`: the parent directory of {str(target)!r} does not exist.")
-    tmp = target.parent / f".{target.name}.tmp-{tag}"
-    return _WritePlan(tmp, tmp, target, target)
-
-
-def _is_loo_output(path: Path) -> bool:
-    try:
-        return LOO_ATTR in zarr.open_group(str(path), mode="r").attrs
-    except Exception:
-        return False
-
-
-def _create_outputs(
-    plan: _WritePlan, variable: xr.DataArray, obs_dims: tuple[Hashable, ...]
-) -> tuple[Any, dict[str, Any]]:
-    """The group and Zarr arrays of the pointwise results, under ``plan.tmp``."""
-    if plan.inner != plan.tmp:
-        zarr.open_group(str(plan.tmp), mode="w", zarr_format=3)
-    group = zarr.open_group(str(plan.inner), mode="w", zarr_format=3)
-    shape = variable.shape[2:]
-    if variable.chunks is not None and shape:
-        chunks = tuple(max(c) for c in variable.chunks[2:])
-    else:  # slab writes align with chunks along the first observation dim
-        chunks = tuple(max(1, s) for s in shape)
-        if shape:
-            chunks = (min(chunks[0], _slab_rows(variable)), *chunks[1:])
-    arrays = {
-        key: group.create_array(
-            key,
-            shape=shape,
-            dtype="float64",
-            chunks=chunks,
-            fill_value=float("nan"),
-            dimension_names=tuple(str(d) for d in obs_dims),
-        )
-        for key, _ in POINTWISE
-    }
-    for dim in obs_dims:
-        coord = variable.coords.get(dim)
-        values = np.asarray(coord.values) if coord is not None else np.arange(variable.sizes[dim])
-        group.create_array(str(dim), data=values, dimension_names=(str(dim),))
-    return group, arrays
-
-
-def _move_into_place(tmp: Path, dst: Path) -> None:
-    """Rename the complete ``tmp`` to ``dst``, replacing an earlier result."""
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:12]}"
-        dst.rename(old)
-    try:
-        tmp.rename(dst)
-    except BaseException:
-        if old is not None:
-            old.rename(dst)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
