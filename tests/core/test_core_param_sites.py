@@ -61,3 +61,26 @@ def test_log_likelihood_uses_fitted_param_values(fitted):
     expected = stats.norm.logpdf(y[None, :], mu, 0.5).astype(np.float32)
     out = model.log_likelihood(X, y, batch_size=16, **STREAM)
     assert_close_float(np.asarray(out["y"]), expected)
+
+
+def test_a_param_replaced_in_place_reaches_a_warm_repeat(fitted):
+    # A warm repeat of a plain on-batch call replays what the first call validated;
+    # it used to keep the old value of an entry replaced in `vi_result.params` (the
+    # dict itself unchanged) while the streaming methods used the new one.
+    model, X, _, _ = fitted
+    params = model.vi_result.params
+    original = params["a"]
+    key = jax.random.key(7)
+    first = model.predict_on_batch(X, rng_key=key, return_datatree=False)["mu"]
+    again = model.predict_on_batch(X, rng_key=key, return_datatree=False)["mu"]
+    np.testing.assert_array_equal(first, again)  # the same program on the same inputs
+    try:
+        params["a"] = original + 100.0
+        moved = model.predict_on_batch(X, rng_key=key, return_datatree=False)["mu"]
+        streamed = np.asarray(model.predict(X, rng_key=key, **STREAM)["mu"])
+    finally:
+        params["a"] = original
+    assert_close_float(moved, first + 100.0)
+    assert_close_float(streamed, first + 100.0)
+    back = model.predict_on_batch(X, rng_key=key, return_datatree=False)["mu"]
+    assert_close_float(back, first)

@@ -15,7 +15,10 @@ A repeat of a plain call (a NumPy ``X`` of the same shape and dtype, no keyword
 arguments, interventions or conditions, the same ``return_sites``) skips even the
 argument binding and the checks: :class:`RepeatCall` keeps what the first call
 validated, together with the posterior, kernel spec and fitted parameters it was
-validated against, and replays it only while those are the very same objects.
+validated against, and replays it only while those are the very same objects. The
+fitted parameters are compared entry by entry: assigning a new value to an entry of
+``vi_result.params`` (the dict itself unchanged) is seen, as the streaming methods
+see it.
 """
 
 from __future__ import annotations
@@ -146,9 +149,10 @@ def _executable(entry: BatchFunction, args: tuple) -> Callable[..., Any]:
 class RepeatCall:
     """What a validated plain on-batch call needs to run again (see :func:`repeat_key`).
 
-    The objects it was validated against (``post``, ``spec``, ``vi_result``) are kept
-    by reference and compared by identity, so a new posterior, a new kernel spec or a
-    new fit never reuses an entry.
+    The objects it was validated against (``post``, ``spec``, ``vi_result`` and the
+    entries of ``vi_result.params``) are kept by reference and compared by identity,
+    so a new posterior, a new kernel spec, a new fit or a parameter replaced in place
+    (``model.vi_result.params["s"] = value``) never reuses an entry.
 
     Attributes:
         post: The posterior the call substituted (``{}`` for prior draws).
@@ -159,6 +163,7 @@ class RepeatCall:
         name: The kernel argument ``X`` binds to.
         intervention: The batch function's intervention argument.
         condition: The batch function's condition argument.
+        params: ``vi_result.params`` entries at the time (see :func:`param_entries`).
     """
 
     post: dict[str, Any]
@@ -168,11 +173,17 @@ class RepeatCall:
     name: str
     intervention: dict[str, Any]
     condition: dict[str, Any]
+    params: tuple[tuple[str, Any], ...] = ()
 
     def valid(self, post: dict[str, Any], spec: Any, vi_result: Any) -> bool:
         """Whether the model still holds the objects this call was validated against."""
         same_post = self.post is post or not (self.post or post)
-        return same_post and self.spec is spec and self.vi_result is vi_result
+        if not (same_post and self.spec is spec and self.vi_result is vi_result):
+            return False
+        now = param_entries(vi_result)
+        return len(now) == len(self.params) and all(
+            a[0] == b[0] and a[1] is b[1] for a, b in zip(now, self.params, strict=True)
+        )
 
     def run(self, key: jax.Array, X: np.ndarray) -> tuple[dict[str, np.ndarray], dict]:
         """All draws for ``X`` with ``key``, as :func:`run_on_batch` returns them."""
@@ -180,6 +191,22 @@ class RepeatCall:
         args = (self.post, (key, plan.index), {self.name: X}, self.intervention, self.condition)
         out = plan.call(*args)
         return {k: np.asarray(v) for k, v in out.items()}, dict(plan.dims or {})
+
+
+def param_entries(vi_result: Any) -> tuple[tuple[str, Any], ...]:
+    """The ``(name, value)`` entries of ``vi_result.params`` (``()`` without a fit),
+    values by reference: :meth:`RepeatCall.valid` compares them by identity.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> w = np.ones(2)
+        >>> param_entries(SimpleNamespace(params={"w": w}))[0][1] is w, param_entries(None)
+        (True, ())
+    """
+    params = getattr(vi_result, "params", None)
+    if not params:
+        return ()
+    return tuple(params.items())
 
 
 def repeat_key(
@@ -264,6 +291,7 @@ __all__ = [
     "OnBatchPlan",
     "RepeatCall",
     "call_arrays",
+    "param_entries",
     "repeat_key",
     "run_on_batch",
     "split_key",

@@ -19,7 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aimz_core._on_batch import RepeatCall, call_arrays, repeat_key, run_on_batch
+from aimz_core._on_batch import (
+    RepeatCall,
+    call_arrays,
+    param_entries,
+    repeat_key,
+    run_on_batch,
+)
 from aimz_core._posterior import fitted_params
 from aimz_core._row_dependence import check_posterior_rows, with_params
 from aimz_core._scenarios import estimate
@@ -67,6 +73,7 @@ class PredictiveMethods:
             if repeat is not None and repeat.valid(post, self._kernel_spec, self._vi_result):
                 return repeat.run(self._next_key(rng_key), X)
         vi_result = self._vi_result
+        params = param_entries(vi_result)  # before reading them (fitted_params below)
         bound = self._bind(X, None, kwargs)
         check_aligned(bound.arrays, self._param_input)
         arrays = call_arrays(bound.arrays)
@@ -102,7 +109,9 @@ class PredictiveMethods:
         )
         if memo_key is not None:
             spec = self._kernel_spec
-            repeat = RepeatCall(post, spec, vi_result, plan, self._param_input, interv, cond)
+            repeat = RepeatCall(
+                post, spec, vi_result, plan, self._param_input, interv, cond, params
+            )
             runner.functions.put(memo_key, repeat)
         return host, dims
 
