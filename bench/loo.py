@@ -13,7 +13,10 @@ Then, in one process, ``--repeats`` rounds of (a) reading the store once (a Dask
 over the lazy tree from ``open_tree``) and (b) ``aimz_io.loo(path)``; wall time, CPU
 time and peak RSS (sampled every 5 ms, over the RSS before the call) are recorded;
 medians are reported with the ratio loo / read. A cProfile of ``psis_loo`` on a few
-chunks splits the CPU time between its steps. Results go to
+chunks splits the CPU time between its steps, and :mod:`bench.loo_floor` times the
+steps any exact PSIS-LOO must take (in their fastest NumPy or XLA formulation) on a
+chunk of the store: the wall time they imply on this machine's cores, against the
+1.5x target. Results go to
 ``bench/results/loo-<UTC>.md`` and ``.json``.
 """
 
@@ -35,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.loo_floor import render as render_floor
+from bench.loo_floor import step_floor
 from bench.measure import RssSampler, trim_heap
 
 ROOT = Path(__file__).resolve().parent
@@ -123,6 +128,16 @@ def measure(fn, *args) -> dict[str, float]:
     return {"wall_s": wall, "cpu_s": cpu, "rss_increase_mib": sampler.increase / 2**20}
 
 
+def floor_on_store(path: Path, samples: int) -> dict:
+    """:func:`bench.loo_floor.step_floor` on the store's first chunk."""
+    import zarr
+    from aimz_io._psis import tail_length
+
+    array = zarr.open_array(str(path / "y"), mode="r")
+    chunk = np.ascontiguousarray(array[:, : array.chunks[1]])
+    return step_floor(chunk, tail_length(samples))
+
+
 def profile_chunks(path: Path, chunks: int = 3) -> dict[str, float]:
     """CPU seconds of ``psis_loo``'s steps on the first ``chunks`` chunks (cProfile)."""
     import zarr
@@ -208,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     ratio = med["loo"]["wall_s"] / med["read"]["wall_s"]
     profile = profile_chunks(path)
+    floor = floor_on_store(path, args.draws * args.chains)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or RESULTS / f"loo-{stamp}.md"
     load = os.getloadavg()
@@ -233,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
             "good_k": result.good_k,
         },
         "profile_cpu_s": profile,
+        "step_floor": floor,
     }
     cli = sys.argv[1:] if argv is None else argv
     lines = [
@@ -272,6 +289,18 @@ def main(argv: list[str] | None = None) -> None:
             f"| {k} | {v:.3f} |"
             for k, v in profile.items()
             if k not in ("chunks", "rows_per_chunk")
+        ),
+        "",
+        "Step floor (`bench/loo_floor.py`): the steps every exact PSIS-LOO of a chunk "
+        "takes, each in its fastest formulation, timed on the store's first chunk "
+        "(CPU ms, medians of 7):",
+        "",
+        *render_floor(
+            floor,
+            chunks=-(-args.rows // args.chunk_rows),
+            read_cpu_s=med["read"]["cpu_s"],
+            read_wall_s=med["read"]["wall_s"],
+            cpus=os.cpu_count() or 1,
         ),
         "",
     ]
