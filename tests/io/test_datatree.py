@@ -104,3 +104,35 @@ def test_on_batch_trees_follow_a_new_posterior():
     assert new.attrs[POSTERIOR_ATTR] != first.attrs[POSTERIOR_ATTR]
     np.testing.assert_array_equal(new["posterior"]["b"].values.ravel(), post["b"])
     np.testing.assert_allclose(first["posterior"]["b"].values.ravel(), post["b"] - 1.0, atol=1e-6)
+
+
+def test_datasets_from_a_template_equal_datasets_built_anew():
+    # NumPy arrays of a structure seen before are placed into a copy of a template
+    # Dataset (issue 16: the 1-row on-batch DataTree); the result must be the very
+    # Dataset the constructors build, holding the caller's arrays, with its own attrs.
+    from aimz_io.datatree import _build_dataset, _template, make_dataset
+
+    rng = np.random.default_rng(0)
+    dims = {"y": ("obs",), "w": ("w_dim_0", "w_dim_1"), "b": ()}
+    cases = [
+        {"y": rng.normal(size=(2, 5, 7)).astype("float32"), "b": np.arange(10).reshape(2, 5)},
+        {"y": rng.normal(size=(1, 4, 1)), "w": rng.normal(size=(1, 4, 2, 3)) > 0},
+    ]
+    for arrays in cases:
+        for attrs in ({"a": 1}, {"created_at": "now"}):
+            fast = make_dataset(arrays, dims, attrs)
+            xr.testing.assert_identical(fast, _build_dataset(arrays, dims, attrs))
+            for site, value in arrays.items():
+                assert fast[site].variable._data is value  # no copy of the caller's data
+        first, second = make_dataset(arrays, dims, {"n": 1}), make_dataset(arrays, dims, {"n": 2})
+        first.attrs["extra"] = True
+        assert second.attrs == {"n": 2}  # attrs are per Dataset
+    # The template keeps zero-strided placeholders, not the first caller's arrays.
+    big = {"y": np.ones((1, 3, 11), "float64")}
+    make_dataset(big, dims)
+    structure = (("y", ("chain", "draw", "obs"), (1, 3, 11), np.dtype("float64").str),)
+    placeholder = _template(structure)["y"].values
+    assert placeholder.strides == (0, 0, 0) and not np.shares_memory(placeholder, big["y"])
+    # Lazy (non-NumPy) arrays and mismatched dims take the constructors' path.
+    with pytest.raises(ValueError):
+        make_dataset({"y": np.ones((1, 2))}, {"y": ("obs",)})

@@ -173,6 +173,12 @@ def make_dataset(
 ) -> xr.Dataset:
     """Wrap ``(chain, draw, ...)`` arrays into a Dataset with ``arange`` coords.
 
+    NumPy arrays of a structure seen before (site names, dims, shapes and dtypes)
+    are placed into a copy of a template Dataset of that structure
+    (``Dataset.copy(data=...)``): building the Dataset anew (merging and aligning
+    its variables and coordinates) is most of the cost of a small on-batch tree.
+    The template's own data are zero-strided placeholders, so it keeps no array.
+
     Args:
         arrays: Site name to an array-like already shaped ``(chain, draw, ...)``
             (NumPy, Dask or a lazily indexed xarray backend array).
@@ -187,6 +193,19 @@ def make_dataset(
         >>> dict(ds.sizes)
         {'chain': 1, 'draw': 4, 'obs': 3}
     """
+    structure = _structure(arrays, dims)
+    if structure is None:
+        return _build_dataset(arrays, dims, attrs)
+    ds = _template(structure).copy(deep=False, data=dict(arrays))
+    ds.attrs = dict(attrs or {})
+    return ds
+
+
+def _build_dataset(
+    arrays: Mapping[str, Any],
+    dims: Mapping[str, Sequence[str]],
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
     variables = {}
     sizes: dict[str, int] = {}
     for site in sorted(arrays):
@@ -196,6 +215,31 @@ def make_dataset(
     return xr.Dataset(
         variables, coords=_arange_coords(tuple(sizes.items())), attrs=dict(attrs or {})
     )
+
+
+def _structure(arrays: Mapping[str, Any], dims: Mapping[str, Sequence[str]]) -> tuple | None:
+    """Hashable structure of NumPy numeric ``arrays`` (``None``: build anew)."""
+    parts = []
+    for site in sorted(arrays):
+        value = arrays[site]
+        if type(value) is not np.ndarray or value.dtype.kind not in "biufc":
+            return None
+        names = (CHAIN, DRAW, *dims[site])
+        if len(names) != value.ndim:
+            return None  # let xarray raise its error
+        parts.append((site, names, value.shape, value.dtype.str))
+    return tuple(parts)
+
+
+@functools.lru_cache(maxsize=128)
+def _template(structure: tuple) -> xr.Dataset:
+    """A Dataset of ``structure`` holding zero-strided placeholders (no memory)."""
+    placeholders = {
+        site: np.broadcast_to(np.zeros((), dtype), shape)
+        for site, _names, shape, dtype in structure
+    }
+    dims = {site: names[2:] for site, names, _shape, _dtype in structure}
+    return _build_dataset(placeholders, dims)
 
 
 @functools.lru_cache(maxsize=256)
