@@ -171,3 +171,33 @@ def test_a_call_that_fails_while_running_keeps_the_key(monkeypatch):
     with pytest.raises(RuntimeError, match="the intervention failed"):
         model.estimate_effect(args_baseline=args, args_intervention=args)
     assert key_data(model.rng_key) == before
+
+
+def test_trees_from_predict_on_batch_record_what_pairs_their_draws(model):
+    # They recorded neither key nor path: two on-batch trees drawn with different
+    # keys gave an unpaired effect with no warning, while streamed trees warned.
+    base = model.predict_on_batch(X, rng_key=KEY, return_sites="y")
+    for node in (base, base["posterior_predictive"]):
+        assert node.attrs["rng_key"] == key_data(KEY)
+        assert node.attrs["shard_axis"] == "draw"
+    prior = model.sample_prior_predictive_on_batch(X, num_samples=5, rng_key=OTHER)
+    assert prior["prior_predictive"].attrs["rng_key"] == key_data(OTHER)
+    other = model.predict_on_batch(X, rng_key=OTHER, return_sites="y")
+    with pytest.warns(OutputWarning, match=r"^Baseline and intervention differ in 'rng_key'"):
+        model.estimate_effect(base, other)
+    # The same key pairs the draws, with a warm repeat and with the streamed draw path
+    # (draw d uses fold_in(key, d) in both).
+    again = model.predict_on_batch(X, rng_key=KEY, return_sites="y")
+    drawn = model.predict(X, rng_key=KEY, shard_axis="draw", store="memory", **STREAM)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutputWarning)
+        assert (
+            float(abs(model.estimate_effect(base, again)["posterior_predictive"]["y"]).max()) == 0
+        )
+        model.estimate_effect(base, drawn)
+    np.testing.assert_allclose(
+        drawn["posterior_predictive"]["y"].values,
+        base["posterior_predictive"]["y"].values,
+        rtol=1e-5,
+        atol=1e-5,
+    )

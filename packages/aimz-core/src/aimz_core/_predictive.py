@@ -39,6 +39,7 @@ from aimz_core.streaming.axis import kernel_rows
 from aimz_core.streaming.loop import run_plan
 from aimz_core.streaming.options import ShardAxis, Store, StreamOptions, streamed
 from aimz_core.streaming.plan import StreamPlan, plan_call, resolve_inputs
+from aimz_core.streaming.sinks import pairing_attrs
 
 
 class PredictiveMethods:
@@ -66,12 +67,14 @@ class PredictiveMethods:
         rng_key: jax.Array | None,
         return_sites: Any,
         kwargs: Mapping[str, Any],
-    ) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
+    ) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]], jax.Array | None]:
+        """Host draws, dim names and the call's key (``None``: no key was drawn)."""
         memo_key = repeat_key(kind, X, num_draws, return_sites, intervention, condition, kwargs)
         if memo_key is not None:  # a repeat of a validated plain call: run it at once
             repeat = self._functions.memo.get(memo_key)
             if repeat is not None and repeat.valid(post, self._kernel_spec, self._vi_result):
-                return repeat.run(self._next_key(rng_key), X)
+                key = self._next_key(rng_key)
+                return (*repeat.run(key, X), key)
         vi_result = self._vi_result
         params = param_entries(vi_result)  # before reading them (fitted_params below)
         bound = self._bind(X, None, kwargs)
@@ -88,7 +91,7 @@ class PredictiveMethods:
         check_handler_sites(self._kernel_spec, interv, "intervention")
         check_handler_sites(self._kernel_spec, cond, "condition")
         if not sites:  # `return_sites=[]`: no sites, no work, the key stays
-            return {}, {}
+            return {}, {}, None
         if post:  # per-row posterior sites must fit the batch's rows
             rows = kernel_rows(self._runner(), self.rng_key, bound)
             n_rows = int(arrays[self._param_input].shape[0])
@@ -113,7 +116,7 @@ class PredictiveMethods:
                 post, spec, vi_result, plan, self._param_input, interv, cond, params
             )
             runner.functions.put(memo_key, repeat)
-        return host, dims
+        return host, dims, key
 
     def _as_result(
         self,
@@ -121,6 +124,7 @@ class PredictiveMethods:
         out: dict[str, np.ndarray],
         dims: dict[str, tuple[str, ...]],
         return_datatree: bool,
+        key: jax.Array | None = None,
     ) -> Any:
         if not return_datatree:
             return out
@@ -131,7 +135,10 @@ class PredictiveMethods:
         groups[group] = out
         # Prior draws form one chain, whatever the posterior's chain layout.
         chains = 1 if group == "prior_predictive" else self._num_chains
-        return io_backend().tree_from_arrays(groups, num_chains=chains, dims=dims)
+        # On-batch draws key draw d by fold_in(key, d): the pairing attributes let
+        # estimate_effect warn when two trees' draws are not paired.
+        attrs = None if key is None else pairing_attrs(key, shard_axis="draw")
+        return io_backend().tree_from_arrays(groups, num_chains=chains, dims=dims, attrs=attrs)
 
     def _posterior_group(self, dims: Mapping[str, tuple[str, ...]]) -> Any:
         """The ``posterior`` group of on-batch trees, built once per posterior (and
@@ -192,7 +199,7 @@ class PredictiveMethods:
         self._check_fitted()
         if return_datatree:
             io_backend()  # fail before any work when aimz-io is missing
-        out, dims = self._run_on_batch(
+        out, dims, key = self._run_on_batch(
             "predict",
             X,
             num_draws=self._num_samples,
@@ -204,7 +211,7 @@ class PredictiveMethods:
             kwargs=kwargs,
         )
         group = "posterior_predictive" if in_sample else "predictions"
-        return self._as_result(group, out, dims, return_datatree)
+        return self._as_result(group, out, dims, return_datatree, key)
 
     def sample_posterior_predictive_on_batch(
         self,
@@ -270,7 +277,7 @@ class PredictiveMethods:
         check_batch_size(num_samples, "num_samples")
         if return_datatree:
             io_backend()  # fail before any work when aimz-io is missing
-        out, dims = self._run_on_batch(
+        out, dims, key = self._run_on_batch(
             "prior",
             X,
             num_draws=num_samples,
@@ -281,7 +288,7 @@ class PredictiveMethods:
             return_sites=return_sites,
             kwargs=kwargs,
         )
-        return self._as_result("prior_predictive", out, dims, return_datatree)
+        return self._as_result("prior_predictive", out, dims, return_datatree, key)
 
     # ------------------------------------------------------------ streamed
     def _stream(self, X: Any, y: Any, options: StreamOptions) -> Any:
