@@ -30,6 +30,7 @@ from aimz_core._posterior import (
     validate_posterior_sample,
 )
 from aimz_core._predictive import PredictiveMethods
+from aimz_core._properties import ModelProperties
 from aimz_core.arguments import (
     KernelArgs,
     bind_arguments,
@@ -50,7 +51,7 @@ logger = logging.getLogger("aimz")
 _RUNTIME_ATTRS = ("_layout", "_functions", "_temp_dir", "_placed", "_fn_vi_update", "_lock")
 
 
-class ImpactModel(PredictiveMethods):
+class ImpactModel(ModelProperties, PredictiveMethods):
     """A NumPyro kernel with its inference, posterior and batched sampling.
 
     Args:
@@ -153,57 +154,6 @@ class ImpactModel(PredictiveMethods):
             self.cleanup()
         except (AttributeError, OSError, TypeError):
             pass
-
-    # --------------------------------------------------------------- properties
-    @property
-    def kernel(self) -> Callable:
-        """The NumPyro kernel."""
-        return self._kernel
-
-    @property
-    def inference(self) -> SVI | MCMC:
-        """The inference object (``SVI`` or ``MCMC``)."""
-        return self._inference
-
-    @property
-    def param_input(self) -> str:
-        """Name of the kernel's input parameter."""
-        return self._param_input
-
-    @property
-    def param_output(self) -> str:
-        """Name of the kernel's output parameter and site."""
-        return self._param_output
-
-    @property
-    def kernel_spec(self) -> KernelSpec | None:
-        """Sites discovered by tracing the kernel (``None`` before any trace)."""
-        return self._kernel_spec
-
-    @property
-    def posterior(self) -> dict[str, Any] | None:
-        """Posterior samples (flattened draw axis first); treat as read-only."""
-        return self._posterior
-
-    @property
-    def rng_key(self) -> jax.Array:
-        """The model's current internal PRNG key."""
-        return self._rng_key
-
-    @property
-    def temp_dir(self) -> str | None:
-        """Path of the model-owned temporary output directory, if one exists."""
-        return None if self._temp_dir is None else self._temp_dir.name
-
-    @property
-    def vi_result(self) -> SVIRunResult | None:
-        """Result of the last SVI fit (params, state, losses); training continues from
-        the state of a result set here (a warm start)."""
-        return self._vi_result
-
-    @vi_result.setter
-    def vi_result(self, value: SVIRunResult | None) -> None:
-        _fit.set_vi_result(self, value)
 
     def is_fitted(self) -> bool:
         """Whether posterior samples are available.
