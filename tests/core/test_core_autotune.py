@@ -174,3 +174,118 @@ def test_second_process_reads_the_choice(model, X, tmp_path, reference):
     child = json.loads(proc.stdout.strip().splitlines()[-1])
     assert child["counts"] == {"timed": 0, "tuned": 0, "reused": 1, "loaded": 1}
     np.testing.assert_allclose(child["mu"], reference["mu"], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------- rows per launch
+#: Rows that the planner cuts into 5 automatic batches on ``fitted_linreg``.
+MANY_ROWS = 100_000
+
+
+@pytest.fixture(scope="module")
+def X_many():
+    return np.random.default_rng(1).normal(size=(MANY_ROWS, 2)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def reference_many(model, X_many):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIMZ_AUTOTUNE", "0")
+        return _predict(model, X_many)
+
+
+@pytest.fixture
+def rows_trial(monkeypatch):
+    """Try rows candidates however short the call (their compile outweighs a test's
+    whole call, which the real share refuses: see the next test)."""
+    monkeypatch.setattr(at, "ROWS_TRIAL_SHARE", float("inf"))
+
+
+def test_a_short_call_does_not_bet_a_compile_on_rows(model, X_many, reference_many):
+    out = _predict(model, X_many)
+    assert not any(u[0].endswith("x2") for u in at.LAST["units"])
+    assert at.LAST["winner"] in at.LAST["candidates"]
+    _close(out, reference_many)
+
+
+def _prefer_two_batches(times, default):
+    """A `choose` that takes the candidate of 2 batches per launch whenever it is timed."""
+    two = [f for f in times if f.batches == 2]
+    return two[0] if two else default
+
+
+def test_the_plan_has_enough_batches_for_rows_tuning(model, X_many):
+    opts = StreamOptions(kind="predict", caller="predict", store="memory", return_datatree=False)
+    inputs = resolve_inputs(model, X_many, None, opts)
+    plan = plan_call(opts, inputs, model._runner(), param_input="X")
+    assert plan.auto_batch and len(plan.ranges) == 5
+    assert 2 * at.batch_output_bytes(plan) <= at.LAUNCH_OUTPUT_BYTES
+
+
+def test_two_batches_per_launch_keep_the_planners_draws(
+    model, X_many, reference_many, monkeypatch, tmp_path, rows_trial
+):
+    spans = []
+    real_span = at.TunedLaunch.span
+
+    def recording_span(self, i):
+        count = real_span(self, i)
+        spans.append((i, count))
+        return count
+
+    monkeypatch.setattr(at.TunedLaunch, "span", recording_span)
+    monkeypatch.setattr(at, "choose", _prefer_two_batches)
+    tuned = _predict(model, X_many)
+    # Batches 0-1 time the draw candidates, batches 2-3 run as one launch (the rows
+    # candidate), and batch 4 is left over: one batch, never past the end.
+    assert spans == [(0, 1), (1, 1), (2, 2), (4, 1)]
+    labels = {u[0] for u in at.LAST["units"]}
+    assert any(label.endswith("x2") for label in labels)
+    stored = json.loads(next((tmp_path / "cache" / "autotune").glob("*.json")).read_text())
+    assert stored["batches"] == 2
+    _close(tuned, reference_many)
+    spans.clear()
+    again = _predict(model, X_many)  # the stored winner: whole launches of 2 batches
+    assert at.COUNTS["reused"] == 1 and spans == [(0, 2), (2, 2), (4, 1)]
+    _close(again, reference_many)
+
+
+def test_two_batches_per_launch_write_whole_chunks(
+    model, X_many, reference_many, monkeypatch, rows_trial
+):
+    monkeypatch.setattr(at, "choose", _prefer_two_batches)
+    _predict(model, X_many)  # tunes and stores two batches per launch
+    tree = model.predict(X_many, rng_key=jax.random.key(3), progress=False)
+    assert at.COUNTS["reused"] == 1
+    np.testing.assert_allclose(
+        tree.posterior_predictive["y"].values[0], reference_many["y"], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_a_slower_rows_candidate_is_not_kept(model, X_many, reference_many, tmp_path, rows_trial):
+    real_choose = at.choose
+
+    def never_two(times, default):
+        return default if any(f.batches > 1 for f in times) else real_choose(times, default)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(at, "choose", never_two)
+        out = _predict(model, X_many)
+    stored = json.loads(next((tmp_path / "cache" / "autotune").glob("*.json")).read_text())
+    assert stored["batches"] == 1
+    assert any(u[0].endswith("x2") for u in at.LAST["units"])  # it was timed
+    _close(out, reference_many)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"mode": "map", "block": None, "batches": 0},
+        {"mode": "map", "block": None, "batches": 64},
+        {"mode": "vmap", "block": "4", "batches": 1},
+        {"mode": "vmap", "block": True, "batches": 1},
+        {"mode": "scan", "block": None, "batches": 1},
+    ],
+)
+def test_a_foreign_stored_choice_is_ignored(tmp_path, payload):
+    (tmp_path / "foreign.json").write_text(json.dumps({"version": at.VERSION, **payload}))
+    assert at.lookup("foreign", directory=tmp_path) is None

@@ -3,35 +3,43 @@ function on its first batches and keep the fastest.
 
 A streamed call on the ``"obs"`` path with an automatic batch size computes every
 batch with one program: the planner's draw block (``vmap`` over blocks of draws,
-``lax.map`` over the blocks). Whether that, another block size or a plain
-``lax.map`` over single draws is fastest depends on the model and the machine, so
-a large enough call measures them:
+``lax.map`` over the blocks), one batch of rows per launch. Whether that, another
+block size, a plain ``lax.map`` over single draws, or several batches per launch is
+fastest depends on the model and the machine, so a large enough call measures them
+(the candidates are :class:`~aimz_core.streaming._formulations.Formulation`):
 
-* every batch is cut into a few slices of draws; each candidate computes whole
-  slices of real batches (their results are written like any other), first once to
-  compile, then twice timed, interleaved with the other candidates;
-* the fastest (per draw, the better of its two timings) computes the rest of the
-  call; the planner's own block is kept unless another candidate is faster by more
-  than :data:`MARGIN`;
-* the winner is stored in memory and, where the executable cache persists
-  (:func:`~aimz_core._jit_cache.executable_cache_dir`), in
-  ``<cache dir>/autotune/<key>.json``: the key digests the planner's batch program
-  (kernel, shapes and dtypes, method, shard axis, devices) and the device kind, so
-  the next call with the same program, in this process or another, uses the
-  winner's whole-batch program without timing anything.
+* draws first: every batch is cut into a few slices of draws; each candidate
+  computes whole slices of real batches (their results are written like any other),
+  first once to compile, then twice timed, interleaved with the other candidates;
+  the planner's own block is kept unless another candidate is faster by more than
+  :data:`MARGIN`;
+* then rows: the best mapping of draws computes 2 consecutive batches per launch
+  (one ``vmap`` over the two batches, so each operation runs on twice the rows),
+  timed the same way on slices of the next launch; when that is faster per draw by
+  more than :data:`MARGIN`, 4 batches are tried next (at most
+  :data:`~aimz_core.streaming._formulations.MAX_BATCHES_PER_LAUNCH`, and within
+  :data:`LAUNCH_OUTPUT_BYTES` of output and twice the draw block's intermediates
+  budget per launch);
+* the winner computes the rest of the call and is stored in memory and, where the
+  executable cache persists (:func:`~aimz_core._jit_cache.executable_cache_dir`),
+  in ``<cache dir>/autotune/<key>.json``: the key digests the planner's batch
+  program (kernel, shapes and dtypes, method, shard axis, devices) and the device
+  kind, so the next call with the same program, in this process or another, uses
+  the winner's whole-batch program without timing anything.
 
-The key schedule is that of the planner (batch ``i`` uses ``fold_in(key, i)``,
-split into one key per draw) whatever formulation computes it, so the draws are the
-same and the values agree to floating-point rounding. Rows per batch are not tuned:
-on the ``"obs"`` path they decide the key schedule, so another row count would
-change the draws. The ``"draw"`` path, sharded calls, distributed runs and calls
-with a fixed ``batch_size`` (or a data loader) are never tuned. ``AIMZ_AUTOTUNE=0``
-switches tuning and stored choices off.
+The key schedule is that of the planner whatever formulation computes a batch:
+batch ``i`` (rows ``[i * size, (i + 1) * size)``) uses ``fold_in(key, i)``, split
+into one key per draw, also inside a launch of several batches. So the draws are
+the same and the values agree to floating-point rounding. A launch of several
+batches covers whole batches, so its block is written to whole chunks; batches
+left over at the end of a call (fewer than a launch holds) run one at a time.
+The ``"draw"`` path, sharded calls, distributed runs and calls with a fixed
+``batch_size`` (or a data loader) are never tuned. ``AIMZ_AUTOTUNE=0`` switches
+tuning and stored choices off.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -39,14 +47,13 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax, random
 
 from aimz_core._jit_cache import (
     PersistentJit,
@@ -57,11 +64,14 @@ from aimz_core._jit_cache import (
 )
 from aimz_core._locks import TRACE_LOCK
 from aimz_core._posterior import first_draw
-from aimz_core._sizing import (
-    CACHE_BYTES_PER_BLOCK,
-    MAX_DRAWS_PER_BLOCK,
-    MIN_DRAWS_PER_BLOCK,
-    TEMP_BYTES_PER_BLOCK,
+from aimz_core._sizing import OUTPUT_BYTES_PER_BATCH, TEMP_BYTES_PER_BLOCK
+from aimz_core.arguments import host_rows, pad_rows
+from aimz_core.streaming._formulations import (
+    MAX_BATCHES_PER_LAUNCH,
+    Formulation,
+    build,
+    candidates,
+    slice_length,
 )
 
 if TYPE_CHECKING:
@@ -69,11 +79,7 @@ if TYPE_CHECKING:
     from aimz_core.streaming.plan import StreamPlan
 
 #: Bumped when the key or the stored format changes.
-VERSION = 1
-#: Slices of draws each batch is cut into while tuning.
-SLICES_PER_BATCH = 8
-#: Draws per slice at least (fewer slices when a batch has fewer draws).
-MIN_SLICE_DRAWS = 8
+VERSION = 2
 #: Timed slices per candidate (after one untimed slice that compiles it).
 TIMED_ROUNDS = 2
 #: A call is tuned when it has at least this many slices (``AIMZ_AUTOTUNE_MIN_SLICES``
@@ -81,6 +87,13 @@ TIMED_ROUNDS = 2
 MIN_SLICES = 64
 #: The planner's block is kept unless another candidate is this much faster.
 MARGIN = 0.01
+#: Output bytes one launch of several batches may hold (4 planner batches' worth).
+LAUNCH_OUTPUT_BYTES = 4 * OUTPUT_BYTES_PER_BATCH
+#: A rows candidate is tried only when compiling it (estimated from the draw
+#: candidates' first slices) costs at most this share of the rest of the call: on
+#: 2 CPU cores it compiled in 2.5 s and ran no faster on the benchmark MLP, so only
+#: long calls (about 50x its compile time) take that bet.
+ROWS_TRIAL_SHARE = 0.02
 
 _LOCK = threading.Lock()
 _MEMORY: dict[str, Formulation] = {}
@@ -88,36 +101,11 @@ _BUSY: set[str] = set()
 #: Event counts (read by tests): timed slices, tuned calls, stored choices reused,
 #: choices read from disk.
 COUNTS: dict[str, int] = {"timed": 0, "tuned": 0, "reused": 0, "loaded": 0}
-#: The last tuning of this process: ``units`` (label, timed, seconds, draws) of every
-#: slice computed while tuning, ``winner`` and ``overhead_s``: their time beyond what
-#: the winner would have taken for the same draws (compiling the candidates included).
+#: The last tuning of this process: ``units`` (label, timed, seconds, draws x batches)
+#: of every slice computed while tuning, the draw ``candidates``, ``winner`` and
+#: ``overhead_s``: their time beyond what the winner would have taken for the same
+#: draws (compiling the candidates included).
 LAST: dict[str, Any] = {}
-
-
-@dataclasses.dataclass(frozen=True)
-class Formulation:
-    """How a batch function maps its draws.
-
-    Attributes:
-        mode: ``"vmap"`` (``lax.map`` over blocks of ``block`` vectorised draws, or
-            one ``vmap`` over all draws when ``block`` is ``None``) or ``"map"``
-            (``lax.map`` over single draws, nothing vectorised).
-        block: Draws per block of ``"vmap"``.
-
-    Example:
-        >>> Formulation("map").label, Formulation("vmap", 4).label
-        ('map', 'vmap-4')
-    """
-
-    mode: str
-    block: int | None = None
-
-    @property
-    def label(self) -> str:
-        """Short name (``"map"``, ``"vmap-4"``, ``"vmap-all"``)."""
-        if self.mode == "map":
-            return "map"
-        return f"vmap-{self.block if self.block is not None else 'all'}"
 
 
 def autotune_enabled() -> bool:
@@ -159,100 +147,27 @@ def autotune_dir() -> Path | None:
     return default_cache_dir() / "autotune"
 
 
-def slice_length(num_draws: int) -> int:
-    """Draws per tuning slice of a batch of ``num_draws`` draws.
-
-    Example:
-        >>> slice_length(1000), slice_length(40), slice_length(10)
-        (125, 8, 10)
-    """
-    slices = max(1, min(SLICES_PER_BATCH, num_draws // MIN_SLICE_DRAWS))
-    return math.ceil(num_draws / slices)
-
-
-def candidates(block: int | None, per_draw: int, length: int) -> list[Formulation]:
-    """The formulations a call times: the planner's first, ``lax.map`` over single
-    draws, and a block twice the planner's within the memory budget, or half of it
-    when the planner's block already overflows the cache budget
-    (:data:`~aimz_core._sizing.CACHE_BYTES_PER_BLOCK`: large draws, such as a wide
-    layer over many rows, where vectorising draws only adds memory traffic).
-
-    Example:
-        >>> [f.label for f in candidates(4, 2**20, 125)]
-        ['vmap-4', 'map', 'vmap-8']
-        >>> [f.label for f in candidates(4, 2**21, 125)]  # 8 MiB per block of 4
-        ['vmap-4', 'map', 'vmap-2']
-        >>> [f.label for f in candidates(16, 1000, 125)]
-        ['vmap-16', 'map', 'vmap-8']
-        >>> [f.label for f in candidates(1, 2**22, 125)]  # single draws: try pairs
-        ['vmap-1', 'vmap-2']
-        >>> [f.label for f in candidates(None, 1000, 8)]
-        ['vmap-all', 'map', 'vmap-4']
-    """
-    most = min(MAX_DRAWS_PER_BLOCK, TEMP_BYTES_PER_BLOCK // max(1, per_draw))
-    out = [Formulation("vmap", block)]
-    if block != 1:  # a block of 1 is `lax.map` over single draws already
-        out.append(Formulation("map"))
-    if block is None:
-        other = MIN_DRAWS_PER_BLOCK
-    elif block * per_draw > CACHE_BYTES_PER_BLOCK and block >= 4:
-        other = block // 2
-    elif 2 * block <= most and 2 * block < length:
-        other = 2 * block
-    else:
-        other = block // 2
-    if 2 <= other < length and other <= max(most, 1):
-        out.append(Formulation("vmap", other))
-    return out
-
-
-def build(
-    one: Callable[..., dict[str, jax.Array]],
-    num_draws: int,
-    length: int,
-    formulation: Formulation,
-) -> PersistentJit:
-    """A jitted ``f(post, (key, index), start, arrays, intervention, condition)``
-    computing draws ``start .. start + length`` of batch ``index``.
-
-    The keys are the planner's: ``split(fold_in(key, index), num_draws)``, sliced.
-    With ``length == num_draws`` it computes the whole batch (``start`` unused).
-
-    Example:
-        >>> f = build(lambda k, d, a, i, c: {"y": d["w"] * a["x"]}, 4, 2, Formulation("map"))
-        >>> post = {"w": jnp.arange(4.0)}
-        >>> out = f(post, (random.key(0), 0), np.int32(2), {"x": jnp.ones(3)}, {}, {})
-        >>> out["y"][:, 0].tolist()
-        [2.0, 3.0]
-    """
-
-    def fn(post, key_index, start, arrays, intervention, condition):
-        key, index = key_index
-        keys = random.split(random.fold_in(key, index), num_draws)
-        if length < num_draws:
-            keys = lax.dynamic_slice_in_dim(keys, start, length)
-            post = jax.tree.map(lambda v: lax.dynamic_slice_in_dim(v, start, length), post)
-
-        def single(kp):
-            return one(kp[0], kp[1], arrays, intervention, condition)
-
-        if formulation.mode == "map":
-            return lax.map(single, (keys, post))
-        if formulation.block is None or formulation.block >= length:
-            return jax.vmap(one, in_axes=(0, 0, None, None, None))(
-                keys, post, arrays, intervention, condition
-            )
-        return lax.map(single, (keys, post), batch_size=formulation.block)
-
-    return PersistentJit(jax.jit(fn))
-
-
 _DEFAULT: Any = object()
 
 
 def _store_path(key: str, directory: Path | None) -> Path | None:
     base = autotune_dir() if directory is _DEFAULT else directory
     return None if base is None else base / f"{key}.json"
+
+
+def _valid(found: Formulation) -> bool:
+    """Whether a stored choice is one this version can run (files may be foreign)."""
+    block, batches = found.block, found.batches
+
+    def count(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    return (
+        found.mode in ("map", "vmap")
+        and (block is None or count(block))
+        and count(batches)
+        and batches <= MAX_BATCHES_PER_LAUNCH
+    )
 
 
 def lookup(key: str, directory: Path | None = _DEFAULT) -> Formulation | None:
@@ -271,8 +186,8 @@ def lookup(key: str, directory: Path | None = _DEFAULT) -> Formulation | None:
         return None
     try:
         data = json.loads(path.read_text())
-        found = Formulation(str(data["mode"]), data["block"])
-        if found.mode not in ("map", "vmap") or data.get("version") != VERSION:
+        found = Formulation(str(data["mode"]), data["block"], data.get("batches", 1))
+        if not _valid(found) or data.get("version") != VERSION:
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None  # unreadable or foreign: tune again (and overwrite)
@@ -297,7 +212,7 @@ def store(
         >>> store("doc-example", Formulation("map"), {"map": 1e-3}, directory=d)
         >>> forget()  # memory only: the file is read back
         >>> lookup("doc-example", directory=d), COUNTS["loaded"]
-        (Formulation(mode='map', block=None), 1)
+        (Formulation(mode='map', block=None, batches=1), 1)
         >>> forget()
     """
     with _LOCK:
@@ -309,6 +224,7 @@ def store(
         "version": VERSION,
         "mode": winner.mode,
         "block": winner.block,
+        "batches": winner.batches,
         "device_kind": jax.devices()[0].device_kind,
         "seconds_per_draw": dict(timings),
     }
@@ -362,13 +278,24 @@ def tunable(plan: StreamPlan, runner: BlockRunner) -> bool:
     )
 
 
-class TunedLaunch:
-    """``launch(i, start, rows)`` of a tunable streamed call (see the module docstring).
+def batch_output_bytes(plan: StreamPlan) -> int:
+    """Output bytes of one of ``plan``'s batches (padded rows included)."""
+    total = 0
+    for layout in plan.info.sites.values():
+        cells = math.prod(layout.shape) // max(1, layout.shape[layout.stream_axis])
+        total += cells * plan.size * layout.dtype.itemsize
+    return total
 
-    The first launch looks the call's program up: a stored choice runs every batch
+
+class TunedLaunch:
+    """``launch(i, start, stop, rows)`` of a tunable streamed call (see the module
+    docstring); :meth:`span` says how many planner batches the launch at batch ``i``
+    covers.
+
+    The first launch looks the call's program up: a stored choice runs every launch
     with its whole-batch program; otherwise a large enough call (and the only one
     tuning that program at the moment) times the candidates on slices of its first
-    batches; any other call runs the planner's program, as without tuning.
+    launches; any other call runs the planner's program, as without tuning.
     """
 
     def __init__(self, runner: BlockRunner, plan: StreamPlan) -> None:
@@ -379,12 +306,21 @@ class TunedLaunch:
         self.num_draws = self.config.num_draws
         self.mode = ""  # "default", "stored" or "tune", set by the first launch
         self.key: str | None = None
+        #: The formulation of the rest of the call, once chosen.
         self.winner: Formulation | None = None
+        #: The fastest so far once the draw candidates are timed (rows phase).
+        self.best: Formulation | None = None
         self.length = slice_length(self.num_draws)
         self.queue: list[tuple[Formulation, bool]] = []
         self.candidates: list[Formulation] = []
+        #: Seconds per draw and batch, the better of each candidate's timed slices.
         self.times: dict[Formulation, float] = {}
+        self.per_draw = 0
+        #: Batches launched so far (this launch's included).
+        self.launched = 0
+        self._first: tuple[int, tuple] | None = None
         self.last: Any = None
+        #: (label, timed, seconds, draws x batches) of every slice computed while tuning.
         self.units: list[tuple[str, bool, float, int]] = []
 
     def _program_id(self, args: tuple) -> str | None:
@@ -436,32 +372,97 @@ class TunedLaunch:
             if found != Formulation("vmap", self.config.draw_block):
                 self.mode, self.winner = "stored", found
             return
-        per_draw = self.entry.draw_bytes(
+        self.per_draw = self.entry.draw_bytes(
             (args[1][0], first_draw(args[0]), args[2], args[3], args[4])
         )
-        self.candidates = candidates(self.config.draw_block, per_draw, self.length)
-        self.queue = [(f, False) for f in self.candidates]
-        for _ in range(TIMED_ROUNDS):
-            self.queue += [(f, True) for f in self.candidates]
+        self.candidates = candidates(self.config.draw_block, self.per_draw, self.length)
+        self._queue(self.candidates)
         self.times = {}
         self.mode = "tune"
         with _LOCK:
             COUNTS["tuned"] += 1
 
+    def _queue(self, formulations: list[Formulation]) -> None:
+        """Time ``formulations``: one untimed (compiling) slice each, then rounds."""
+        self.queue = [(f, False) for f in formulations]
+        for _ in range(TIMED_ROUNDS):
+            self.queue += [(f, True) for f in formulations]
+
+    def _rows_allowed(self, batches: int) -> bool:
+        """Whether a launch of ``batches`` batches stays within the budgets."""
+        best = self.best
+        if best is None or batches > MAX_BATCHES_PER_LAUNCH:
+            return False
+        block = 1 if best.mode == "map" else (best.block or self.num_draws)
+        return (
+            batches * batch_output_bytes(self.plan) <= LAUNCH_OUTPUT_BYTES
+            and batches * min(block, self.length) * self.per_draw <= 2 * TEMP_BYTES_PER_BLOCK
+        )
+
+    def _worth_compiling(self, batches: int) -> bool:
+        """Whether a rows candidate's compile is a small enough bet on the rest of
+        the call (:data:`ROWS_TRIAL_SHARE`)."""
+        assert self.best is not None
+        first = {label: s for label, timed, s, _ in self.units if not timed}
+        compiles = [
+            first[f.label] - self.times[f] * self.length
+            for f in self.candidates
+            if f.label in first and f in self.times
+        ]
+        compile_s = max([0.0, *compiles])
+        left = max(0, len(self.plan.ranges) - self.launched - batches)  # after the trial
+        rest_s = left * self.num_draws * self.times[self.best]
+        return compile_s <= ROWS_TRIAL_SHARE * rest_s
+
+    def span(self, i: int) -> int:
+        """Planner batches the launch at batch ``i`` computes (a launch never runs
+        past the last batch). The first call looks the program up."""
+        if not self.mode:
+            start, stop = self.plan.ranges[i]
+            rows = {k: host_rows(v, start, stop) for k, v in self.plan.arrays.items()}
+            self._first = (i, self._args(i, start, rows, 1))
+            self._setup(self._first[1])
+        if self.mode == "tune" and self.queue:
+            want = self.queue[0][0].batches
+        else:
+            want = self.winner.batches if self.winner is not None else 1
+        if want > 1 and i + want > len(self.plan.ranges):
+            if self.mode == "tune" and self.queue:  # too few batches left to time it
+                self.queue = []
+                self._finalize(self.best)
+            return 1
+        return want
+
     def finish(self, completed: bool) -> None:
-        """End of the call: store a winner when every candidate was timed (a call
-        shorter than the tuning schedule, as in tests) and let other calls tune."""
+        """End of the call: store a winner when every draw candidate was timed (a
+        call shorter than the tuning schedule, as in tests) and let other calls tune."""
         if self.mode != "tune" or self.key is None:
             return
         timed = bool(self.candidates) and set(self.candidates) <= set(self.times)
         if completed and self.winner is None and timed:
             self.queue = []
-            self._winner()
+            self._finalize(self.best or self._best_draws())
         with _LOCK:
             _BUSY.discard(self.key)
 
-    def __call__(self, i: int, start: int, rows: Mapping[str, Any]) -> dict[str, jax.Array]:
-        args = self.runner.block_args(self.plan, i, start, rows)
+    def _args(self, i: int, start: int, rows: Mapping[str, Any], batches: int) -> tuple:
+        if batches == 1:
+            return self.runner.block_args(self.plan, i, start, rows)
+        size = batches * self.plan.size
+        arrays = {k: pad_rows(host_rows(v), size) for k, v in rows.items()}
+        post = self.runner.posterior(self.plan)
+        return (post, (self.plan.key, i), arrays, self.plan.intervention, self.plan.condition)
+
+    def __call__(
+        self, i: int, start: int, stop: int, rows: Mapping[str, Any]
+    ) -> dict[str, jax.Array]:
+        batches = max(1, math.ceil((stop - start) / self.plan.size))
+        self.launched = i + batches
+        first, self._first = self._first, None
+        if first is not None and first[0] == i and batches == 1:
+            args = first[1]  # built by `span` for the lookup
+        else:
+            args = self._args(i, start, rows, batches)
         if not self.mode:
             self._setup(args)
         if self.mode == "default":
@@ -470,24 +471,25 @@ class TunedLaunch:
         index = np.int32(index)
         if self.mode == "stored":
             assert self.winner is not None
-            fn = self._function(self.winner, self.num_draws)
+            fn = self._function(self.winner.with_batches(batches), self.num_draws)
             return fn(post, (key, index), np.int32(0), arrays, interv, cond)
-        out = self._sliced(post, key, index, arrays, interv, cond)
+        out = self._sliced(post, key, index, arrays, interv, cond, batches)
         self.last = out
         return out
 
-    def _sliced(self, post, key, index, arrays, interv, cond) -> dict[str, jax.Array]:
+    def _sliced(self, post, key, index, arrays, interv, cond, batches) -> dict[str, jax.Array]:
         length, total = self.length, self.num_draws
         parts: list[dict[str, jax.Array]] = []
         for first in range(0, total, length):
             start = min(first, total - length)  # the last slice may overlap the one before
-            if self.queue:
+            queued = bool(self.queue) and self.queue[0][0].batches == batches
+            if queued:
                 formulation, timed = self.queue.pop(0)
             else:
-                formulation, timed = self._winner(), False
+                formulation, timed = self._current().with_batches(batches), False
             fn = self._function(formulation, length)
             call_args = (post, (key, index), np.int32(start), arrays, interv, cond)
-            if self.queue or timed:
+            if queued:  # measured alone: compiling (untimed) or timed
                 if self.last is not None:  # earlier batches still computing
                     jax.block_until_ready(self.last)
                     self.last = None
@@ -497,10 +499,10 @@ class TunedLaunch:
                 out = fn(*call_args)
                 jax.block_until_ready(out)
                 elapsed = time.perf_counter() - began
-                self.units.append((formulation.label, timed, elapsed, length))
+                self.units.append((formulation.label, timed, elapsed, length * batches))
                 if timed:
-                    per_draw = elapsed / length
-                    self.times[formulation] = min(self.times.get(formulation, math.inf), per_draw)
+                    rate = elapsed / (length * batches)
+                    self.times[formulation] = min(self.times.get(formulation, math.inf), rate)
                     with _LOCK:
                         COUNTS["timed"] += 1
             else:
@@ -512,15 +514,44 @@ class TunedLaunch:
             return parts[0]
         return {k: jnp.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
-    def _winner(self) -> Formulation:
+    def _best_draws(self) -> Formulation:
+        default = Formulation("vmap", self.config.draw_block)
+        return choose({f: t for f, t in self.times.items() if f.batches == 1}, default)
+
+    def _current(self) -> Formulation:
+        """The formulation for a slice once the queue is empty; moves the tuning on
+        (draws, then rows, then the winner)."""
+        if self.winner is not None:
+            return self.winner
+        if self.best is None:  # every draw candidate is timed
+            self.best = self._best_draws()
+        else:  # a rows candidate was timed: keep it when it is faster
+            tried = self.best.with_batches(2 * self.best.batches)
+            if tried in self.times:
+                pair = {self.best: self.times[self.best], tried: self.times[tried]}
+                if choose(pair, self.best) == tried:
+                    self.best = tried
+                else:
+                    return self._finalize(self.best)
+        following = self.best.with_batches(2 * self.best.batches)
+        if (
+            self.best in self.times
+            and self._rows_allowed(following.batches)
+            and self._worth_compiling(following.batches)
+        ):
+            self._queue([following])
+            return self.best
+        return self._finalize(self.best)
+
+    def _finalize(self, winner: Formulation | None) -> Formulation:
         if self.winner is None:
-            default = Formulation("vmap", self.config.draw_block)
-            self.winner = choose(self.times, default)
+            self.winner = winner or self._best_draws()
             rate = self.times.get(self.winner, 0.0)
             spent = sum(u[2] for u in self.units)
             LAST.clear()
             LAST.update(
                 units=list(self.units),
+                candidates=[f.label for f in self.candidates],
                 winner=self.winner.label,
                 overhead_s=spent - rate * sum(u[3] for u in self.units),
             )
@@ -533,9 +564,11 @@ class TunedLaunch:
 
 __all__ = [
     "COUNTS",
+    "LAUNCH_OUTPUT_BYTES",
     "Formulation",
     "TunedLaunch",
     "autotune_dir",
+    "batch_output_bytes",
     "autotune_enabled",
     "build",
     "candidates",

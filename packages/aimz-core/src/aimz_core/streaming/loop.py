@@ -49,12 +49,15 @@ def stream(
     progress: bool = True,
     desc: str = "Sampling",
     depth: int = 2,
+    span: Callable[[int], int] | None = None,
 ) -> Any:
     """Run every batch through ``launch`` and hand the trimmed blocks to ``sink``.
 
     ``launch(i, start, stop)`` dispatches batch ``i`` (asynchronously) and returns
-    its device outputs, padded along ``stream_axis``. Up to ``depth`` batches are in
-    flight: batch k+1 is dispatched before the host copy of batch k is awaited.
+    its device outputs, padded along ``stream_axis``. With ``span``, the launch at
+    batch ``i`` covers ``span(i)`` consecutive batches (``start`` of the first,
+    ``stop`` of the last), written as one block. Up to ``depth`` launches are in
+    flight: launch k+1 is dispatched before the host copy of launch k is awaited.
     The sink is opened right after the first dispatch, so creating the output
     store overlaps the first batch's computation. On any exception (including
     ``KeyboardInterrupt``) the sink is aborted, the batches in flight are dropped
@@ -63,22 +66,26 @@ def stream(
     Returns:
         Whatever ``sink.commit()`` returns.
     """
-    pending: deque[tuple[int, int, dict[str, jax.Array]]] = deque()
+    pending: deque[tuple[int, int, dict[str, jax.Array], int]] = deque()
     bar = tqdm(total=len(ranges), desc=desc, disable=not progress, leave=False)
     opened = False
     try:
 
         def finish() -> None:
-            start, stop, outputs = pending.popleft()
+            start, stop, outputs, count = pending.popleft()
             for site, value in outputs.items():
                 sink.write(site, start, trim_block(np.asarray(value), stream_axis, stop - start))
-            bar.update(1)
+            bar.update(count)
 
-        for i, (start, stop) in enumerate(ranges):
+        i = 0
+        while i < len(ranges):
+            count = max(1, min(span(i) if span is not None else 1, len(ranges) - i))
+            start, stop = ranges[i][0], ranges[i + count - 1][1]
             outputs = launch(i, start, stop)
             for value in outputs.values():
                 value.copy_to_host_async()
-            pending.append((start, stop, outputs))
+            pending.append((start, stop, outputs, count))
+            i += count
             if not opened:
                 sink.open(info)
                 opened = True
@@ -147,15 +154,16 @@ def run_plan(
     if plan.shard_axis == "obs":
         from aimz_core.streaming._autotune import TunedLaunch, tunable
 
-        # A tunable call may compute its batches with a measured formulation.
-        compute = runner.launch
+        # A tunable call may compute its batches with a measured formulation, and
+        # several batches per launch.
         if tunable(plan, runner):
             tuned = TunedLaunch(runner, plan)
-            compute = lambda _plan, i, start, rows: tuned(i, start, rows)  # noqa: E731
 
         def launch(i: int, start: int, stop: int) -> dict[str, jax.Array]:
             rows = {k: host_rows(v, start, stop) for k, v in arrays.items()}
-            return compute(plan, i, start, rows)
+            if tuned is not None:
+                return tuned(i, start, stop, rows)
+            return runner.launch(plan, i, start, rows)
 
     else:
 
@@ -172,6 +180,7 @@ def run_plan(
             info=plan.info,
             progress=progress,
             desc=plan.desc,
+            span=tuned.span if tuned is not None else None,
         )
         completed = True
     finally:
