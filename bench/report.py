@@ -13,6 +13,28 @@ from bench.modes import MODES
 MiB = 2**20
 
 
+def _autotune_line(state: dict[str, Any] | None) -> str:
+    """How the engine's calls of a case were formulated (autotuning).
+
+    Example:
+        >>> _autotune_line({"counts": {"tuned": 0, "reused": 2}, "choices": ["vmap-2"]})
+        'Autotuning: 0 tuned, 2 calls ran a stored choice (vmap-2).'
+        >>> _autotune_line({"counts": {"tuned": 0, "reused": 0}, "choices": []})
+        "Autotuning: none (the planner's program: too few batches to tune, no stored choice)."
+    """
+    if not state:
+        return "Autotuning: not recorded."
+    counts = state.get("counts", {})
+    if not counts.get("tuned") and not counts.get("reused"):
+        return (
+            "Autotuning: none (the planner's program: too few batches to tune, no stored choice)."
+        )
+    return (
+        f"Autotuning: {counts.get('tuned', 0)} tuned, {counts.get('reused', 0)} calls ran a "
+        f"stored choice ({', '.join(state.get('choices', [])) or '-'})."
+    )
+
+
 def _ver(name: str) -> str:
     try:
         return version(name)
@@ -313,6 +335,8 @@ def render(
                 f"{100 * p['padded_frac']:.1f}% padded work, {p['depth']} batches in flight; "
                 f"first call in this process {p['first_call_in_process_s']:.2f}s "
                 f"(floor compile+1 batch {p['floor_compile_s']:.2f}s).",
+                "",
+                _autotune_line(res.get("autotune")),
                 "",
                 "| mode | wall s | CPU s | Mcells/s | dRSS MiB (med/max) | written MiB | "
                 "ratio wall | ratio min wall | ratio CPU | dispatch ms | Python ms/batch | "

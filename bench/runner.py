@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from aimz_core.streaming import _autotune as autotune
 
 from bench import floor as FL
 from bench import modes as M
@@ -84,6 +85,7 @@ def run_case(
     floor_repeats: int = 3,
 ) -> dict[str, Any]:
     log(f"case {case.name}: {case.draws} draws x {case.rows} rows")
+    autotune.forget()  # per-case counts; choices stored on disk are read again
     post = posterior_for(case, base_post)
     model = model_for(case, post)
     X = make_X(case.workload, case.rows)
@@ -294,6 +296,13 @@ def run_case(
 
         if profile and profile in runners:
             result["profile"] = profile_call(runners[profile], case, profile, profile_dir)
+    # Whether the engine's calls ran a tuned formulation (and which), or the planner's.
+    result["autotune"] = {
+        "counts": dict(autotune.COUNTS),
+        "choices": sorted(f.label for f in autotune._MEMORY.values()),
+        "last_winner": autotune.LAST.get("winner"),
+    }
+    log(f"  autotune: {result['autotune']}")
     del model, floor, floors, runners
     gc.collect()
     return result

@@ -69,6 +69,7 @@ from aimz_core.arguments import host_rows, pad_rows
 from aimz_core.streaming._formulations import (
     MAX_BATCHES_PER_LAUNCH,
     Formulation,
+    blocks_multiple,
     build,
     candidates,
     slice_length,
@@ -376,6 +377,8 @@ class TunedLaunch:
             (args[1][0], first_draw(args[0]), args[2], args[3], args[4])
         )
         self.candidates = candidates(self.config.draw_block, self.per_draw, self.length)
+        # Slices of whole blocks: no second program for a remainder to compile.
+        self.length = slice_length(self.num_draws, blocks_multiple(self.candidates))
         self._queue(self.candidates)
         self.times = {}
         self.mode = "tune"
