@@ -289,3 +289,26 @@ def test_a_slower_rows_candidate_is_not_kept(model, X_many, reference_many, tmp_
 def test_a_foreign_stored_choice_is_ignored(tmp_path, payload):
     (tmp_path / "foreign.json").write_text(json.dumps({"version": at.VERSION, **payload}))
     assert at.lookup("foreign", directory=tmp_path) is None
+
+
+def test_threads_share_one_rows_tuning(model, X_many, reference_many, monkeypatch, rows_trial):
+    monkeypatch.setattr(at, "choose", _prefer_two_batches)
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(_predict(model, X_many))
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 3
+    assert at.COUNTS["tuned"] == 1 and not at._BUSY
+    assert [f.batches for f in at._MEMORY.values()] == [2]
+    for out in results:  # whoever ran which launches, the draws are the planner's
+        _close(out, reference_many)
+    _close(_predict(model, X_many), reference_many)  # the stored two-batch launches
