@@ -123,7 +123,8 @@ def test_draw_path_is_bit_identical(model, X, monkeypatch):
         np.testing.assert_array_equal(on[site], off[site])
 
 
-def test_threads_tune_once(model, X, reference):
+def _predict_in_threads(model, X, count):
+    """``count`` concurrent `_predict` calls; their results (every call must succeed)."""
     results, errors = [], []
 
     def work():
@@ -132,12 +133,17 @@ def test_threads_tune_once(model, X, reference):
         except Exception as err:  # pragma: no cover - reported below
             errors.append(err)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
+    threads = [threading.Thread(target=work) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors and len(results) == 4
+    assert not errors and len(results) == count
+    return results
+
+
+def test_threads_tune_once(model, X, reference):
+    results = _predict_in_threads(model, X, 4)
     assert at.COUNTS["tuned"] == 1  # the others ran the planner's program meanwhile
     for out in results:
         _close(out, reference)
@@ -293,20 +299,7 @@ def test_a_foreign_stored_choice_is_ignored(tmp_path, payload):
 
 def test_threads_share_one_rows_tuning(model, X_many, reference_many, monkeypatch, rows_trial):
     monkeypatch.setattr(at, "choose", _prefer_two_batches)
-    results, errors = [], []
-
-    def work():
-        try:
-            results.append(_predict(model, X_many))
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=work) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(results) == 3
+    results = _predict_in_threads(model, X_many, 3)
     assert at.COUNTS["tuned"] == 1 and not at._BUSY
     assert [f.batches for f in at._MEMORY.values()] == [2]
     for out in results:  # whoever ran which launches, the draws are the planner's
