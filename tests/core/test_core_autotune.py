@@ -14,6 +14,7 @@ import threading
 import jax
 import numpy as np
 import pytest
+from aimz_core._jit_cache import PersistentJit
 from aimz_core.streaming import _autotune as at
 from aimz_core.streaming.options import StreamOptions
 from aimz_core.streaming.plan import plan_call, resolve_inputs
@@ -305,3 +306,30 @@ def test_threads_share_one_rows_tuning(model, X_many, reference_many, monkeypatc
     for out in results:  # whoever ran which launches, the draws are the planner's
         _close(out, reference_many)
     _close(_predict(model, X_many), reference_many)  # the stored two-batch launches
+
+
+def test_a_rows_candidate_that_does_not_trace_is_skipped(X_many, monkeypatch, rows_trial):
+    """Operations that cannot be batched over several batches of rows fail at trace
+    time: such a candidate is left out, not the call."""
+    model = fitted_linreg()  # its own cache of programs: none built yet
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIMZ_AUTOTUNE", "0")
+        reference = _predict(model, X_many)
+    real_build = at.build
+
+    def build(one, num_draws, length, formulation):
+        if formulation.batches == 1:
+            return real_build(one, num_draws, length, formulation)
+
+        def untraceable(*args):
+            raise NotImplementedError("no batching rule for this operation")
+
+        return PersistentJit(jax.jit(untraceable), directory=None)
+
+    monkeypatch.setattr(at, "build", build)
+    monkeypatch.setattr(at, "choose", _prefer_two_batches)
+    out = _predict(model, X_many)
+    assert at.COUNTS["tuned"] == 1
+    assert not any(u[0].endswith("x2") for u in at.LAST["units"])
+    assert [f.batches for f in at._MEMORY.values()] == [1]
+    _close(out, reference)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -96,6 +97,7 @@ LAUNCH_OUTPUT_BYTES = 4 * OUTPUT_BYTES_PER_BATCH
 #: long calls (about 50x its compile time) take that bet.
 ROWS_TRIAL_SHARE = 0.02
 
+logger = logging.getLogger("aimz")
 _LOCK = threading.Lock()
 _MEMORY: dict[str, Formulation] = {}
 _BUSY: set[str] = set()
@@ -320,6 +322,8 @@ class TunedLaunch:
         #: Batches launched so far (this launch's included).
         self.launched = 0
         self._first: tuple[int, tuple] | None = None
+        #: The first launch's arguments (shapes for tracing rows candidates).
+        self._probe: tuple | None = None
         self.last: Any = None
         #: (label, timed, seconds, draws x batches) of every slice computed while tuning.
         self.units: list[tuple[str, bool, float, int]] = []
@@ -373,6 +377,9 @@ class TunedLaunch:
             if found != Formulation("vmap", self.config.draw_block):
                 self.mode, self.winner = "stored", found
             return
+        post, key_index, arrays, interv, cond = args
+        shapes = {k: jax.ShapeDtypeStruct(np.shape(v), v.dtype) for k, v in arrays.items()}
+        self._probe = (post, key_index, shapes, interv, cond)
         self.per_draw = self.entry.draw_bytes(
             (args[1][0], first_draw(args[0]), args[2], args[3], args[4])
         )
@@ -416,6 +423,26 @@ class TunedLaunch:
         left = max(0, len(self.plan.ranges) - self.launched - batches)  # after the trial
         rest_s = left * self.num_draws * self.times[self.best]
         return compile_s <= ROWS_TRIAL_SHARE * rest_s
+
+    def _traces(self, formulation: Formulation) -> bool:
+        """Whether ``formulation`` traces on this call's inputs (shapes only, nothing
+        compiled): a kernel whose operations cannot be batched over several batches
+        of rows (an ordered ``io_callback``, say) keeps one batch per launch instead
+        of failing the call."""
+        if self._probe is None:
+            return False
+        post, (key, _), arrays, interv, cond = self._probe
+        rows = {
+            k: jax.ShapeDtypeStruct((formulation.batches * v.shape[0], *v.shape[1:]), v.dtype)
+            for k, v in arrays.items()
+        }
+        fn = self._function(formulation, self.length)
+        try:
+            fn.eval_shape(post, (key, np.int32(0)), np.int32(0), rows, interv, cond)
+        except Exception as err:
+            logger.info("Rows candidate %s not tried: %s", formulation.label, err)
+            return False
+        return True
 
     def span(self, i: int) -> int:
         """Planner batches the launch at batch ``i`` computes (a launch never runs
@@ -541,6 +568,7 @@ class TunedLaunch:
             self.best in self.times
             and self._rows_allowed(following.batches)
             and self._worth_compiling(following.batches)
+            and self._traces(following)
         ):
             self._queue([following])
             return self.best
