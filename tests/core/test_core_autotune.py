@@ -259,6 +259,7 @@ def test_two_batches_per_launch_keep_the_planners_draws(
 def test_two_batches_per_launch_write_whole_chunks(
     model, X_many, reference_many, monkeypatch, rows_trial
 ):
+    pytest.importorskip("aimz_io")  # a Zarr store: absent from a core-only install
     monkeypatch.setattr(at, "choose", _prefer_two_batches)
     _predict(model, X_many)  # tunes and stores two batches per launch
     tree = model.predict(X_many, rng_key=jax.random.key(3), progress=False)

@@ -293,3 +293,45 @@ def test_rows_on_three_devices(models, tmp_path):
     expected = b[:, None] * X[None, :, 0] + 2.0 * t[None, :]
     for handler in ("intervention", "condition"):
         assert_close_float(child[f"treatment/{handler}"], expected, err_msg=handler)
+
+
+def _host_features_kernel(X, y=None):
+    """Features computed on the host by a callback with no ``vmap_method``: the kernel
+    runs on any batch of rows, but cannot be vectorised over copies of its inputs."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    shape = jax.ShapeDtypeStruct(X.shape, X.dtype)
+    feats = jax.pure_callback(lambda a: np.asarray(a) * 2.0, shape, X)
+    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
+    with numpyro.plate("obs", X.shape[0]):
+        numpyro.sample("y", dist.Normal(feats @ w, 1.0), obs=y)
+
+
+def test_a_kernel_with_a_host_callback_streams_rows():
+    """The row probe runs the perturbed copies one at a time when they cannot be
+    vectorised: the call streams rows, as a per-row kernel should, instead of
+    failing with JAX's batching error."""
+    from aimz_core.streaming.options import StreamOptions
+    from aimz_core.streaming.plan import plan_call, resolve_inputs
+
+    model = ImpactModel(
+        _host_features_kernel,
+        rng_key=jax.random.key(0),
+        inference=make_svi(_host_features_kernel),
+    )
+    draws = np.random.default_rng(2).normal(size=(200, 2)).astype(np.float32)
+    model.set_posterior_sample({"w": draws})
+    X = np.random.default_rng(3).normal(size=(300, 2)).astype(np.float32)
+    opts = StreamOptions(
+        kind="predict", caller="predict", batch_size=64, store="memory", return_datatree=False
+    )
+    plan = plan_call(opts, resolve_inputs(model, X, None, opts), model._runner(), param_input="X")
+    assert plan.shard_axis == "obs"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no rerun on the draw path
+        out = model.predict(X, batch_size=64, return_datatree=False, progress=False)
+    y = np.asarray(out["y"])
+    assert y.shape == (200, 300)
+    # y ~ Normal(2 X w, 1): the callback ran on every row of every batch.
+    np.testing.assert_allclose(y.mean(0), (2 * X @ draws.T).mean(1), atol=0.3)

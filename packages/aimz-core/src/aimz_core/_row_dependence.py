@@ -374,15 +374,24 @@ def _probe(
     variants: int,
 ) -> tuple[list[tuple[int, int]], dict[str, np.ndarray]]:
     """Run ``one`` on ``host`` and on every changed copy, vectorised: the changes
-    ``(row, variant)`` and the outputs (the unchanged rows first)."""
+    ``(row, variant)`` and the outputs (the unchanged rows first).
+
+    A kernel with an operation that cannot be vectorised over copies of its inputs
+    (a ``jax.pure_callback`` without ``vmap_method``, an ordered ``io_callback``)
+    runs the copies one after another instead: one compiled program, as many calls.
+    """
     changed = [(j, variant) for j in range(n) for variant in range(variants)]
-    stacked = {
-        k: np.stack([v, *(_perturbed(v, j, variant) for j, variant in changed)])
-        for k, v in host.items()
-    }
+    copies = [dict(host), *({k: _perturbed(v, j, i) for k, v in host.items()} for j, i in changed)]
+    stacked = {k: np.stack([c[k] for c in copies]) for k in host}
     with TRACE_LOCK:
-        out = jax.jit(jax.vmap(one, in_axes=(None, None, 0)))(key, dict(draw), stacked)
-    return changed, {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+        try:
+            out = jax.jit(jax.vmap(one, in_axes=(None, None, 0)))(key, dict(draw), stacked)
+            out = jax.device_get(out)
+        except (NotImplementedError, ValueError):  # no batching rule: one copy at a time
+            single = jax.jit(one)
+            runs = [jax.device_get(single(key, dict(draw), c)) for c in copies]
+            out = {k: np.stack([r[k] for r in runs]) for k in runs[0]}
+    return changed, {k: np.asarray(v) for k, v in out.items()}
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
