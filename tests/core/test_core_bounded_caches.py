@@ -96,8 +96,12 @@ def test_row_buckets_are_on_by_default_and_can_be_turned_off(monkeypatch):
 def test_bucket_keeps_batch_count():
     assert bucket_batch_size(5, 5, 10**6, 1) == 8
     assert bucket_batch_size(33, 33, 10**6, 1) == 64
-    assert bucket_batch_size(500, 1000, 10**6, 1) == 512
-    assert bucket_batch_size(334, 1000, 10**6, 1) == 352  # eighths above 256 rows
+    assert bucket_batch_size(500, 500, 10**6, 1) == 512  # one batch: eighths above 256 rows
+    assert bucket_batch_size(334, 334, 10**6, 1) == 352
+    # Several batches (a bulk job pays padding in every batch): 64ths of an octave.
+    assert bucket_batch_size(500, 1000, 10**6, 1) == 504
+    assert bucket_batch_size(334, 1000, 10**6, 1) == 336
+    assert bucket_batch_size(3334, 10_000, 10**6, 1) == 3360
     assert bucket_batch_size(200, 1000, 10**6, 1) == 200  # 256 would make 4 batches, not 5
     assert bucket_batch_size(40, 40, 40, 1) == 40  # over the memory cap
     assert bucket_batch_size(5, 5, 10**6, 4) == 8

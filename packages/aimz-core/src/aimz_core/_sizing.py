@@ -13,8 +13,12 @@ import numpy as np
 from aimz_core._locks import TRACE_LOCK
 
 #: Output bytes one batch aims for: large enough to amortise dispatch and I/O,
-#: small enough that a few batches in flight keep memory flat.
-OUTPUT_BYTES_PER_BATCH = 16 * 2**20
+#: small enough that a few batches in flight keep memory flat. Measured on the
+#: benchmark MLP (1000 draws x 10K rows, `lax.map` over draws, 2 CPU cores, one
+#: process, alternating): 2 batches of 5,000 rows (19 MiB of output each) took 15.1
+#: CPU-s, 3 batches of 3,334 (13 MiB) 17.2: every launch and every step of the loop
+#: over draws has a fixed cost, so larger batches pay until memory says stop.
+OUTPUT_BYTES_PER_BATCH = 32 * 2**20
 
 
 def auto_batch_size(
@@ -76,8 +80,10 @@ CACHE_BYTES_PER_BLOCK = 4 * 2**20
 #: memory budget (:func:`rows_for_intermediates`). The block itself follows the
 #: cache budget down to single draws: the benchmark MLP (about 2 MB per draw at
 #: 3,584 rows, 1000 x 10K on an idle 2-core machine) took 12.8 s with blocks of 4,
-#: 11.3 s with 2 and 10.7 s with single draws (`python -m bench.blocksweep`).
-MIN_DRAWS_PER_BLOCK = 4
+#: 11.3 s with 2 and 10.7 s with single draws (`python -m bench.blocksweep`), so
+#: room for more draws than 2 only made its batches smaller (see
+#: :data:`OUTPUT_BYTES_PER_BATCH`).
+MIN_DRAWS_PER_BLOCK = 2
 #: Larger blocks stopped paying in every measured case.
 MAX_DRAWS_PER_BLOCK = 16
 #: Intermediates assumed alive at once, relative to the largest one.
@@ -133,7 +139,7 @@ def rows_for_intermediates(
 
     Example:
         >>> rows_for_intermediates(256_000 + 2_048 * 100, 100, 256_000 + 2_048 * 1100, 1100)
-        4096
+        8192
     """
     if rows_big <= rows_small:
         return None
@@ -213,23 +219,32 @@ def row_buckets_enabled() -> bool:
 
 #: Automatic batches of more rows than this are rounded up in eighths of an octave
 #: (at most 12.5% padding) instead of to a power of two (up to 50%): padding is
-#: computed like real rows, so on 10,000 rows in 3 batches a power of two (4096)
-#: wasted 23% of a compute-bound call, eighths (3584) waste 7%.
+#: computed like real rows.
 FINE_BUCKET_ROWS = 256
+#: Steps per octave of the buckets of a call that fills one batch (requests of many
+#: sizes share a few programs) and of a call of several full batches (a bulk job
+#: pays the padding in every batch, the compile once: 10,000 rows in 3 batches of
+#: 3,584 rows computed 7.5% padding, of 3,360 rows 0.8%).
+BUCKET_STEPS = 8
+BULK_BUCKET_STEPS = 64
 
 
-def row_bucket(size: int) -> int:
+def row_bucket(size: int, steps: int = BUCKET_STEPS) -> int:
     """The bucket an automatic batch of ``size`` rows is padded to: a power of two
     (at least :data:`MIN_BUCKET_ROWS`) up to :data:`FINE_BUCKET_ROWS`, above it the
-    next multiple of an eighth of the power of two below ``size``.
+    next multiple of ``1 / steps`` of the power of two below ``size`` (never a step
+    under :data:`MIN_BUCKET_ROWS`).
 
     Example:
         >>> [row_bucket(n) for n in (5, 9, 200, 257, 500, 3334, 5000)]
         [8, 16, 256, 288, 512, 3584, 5120]
+        >>> [row_bucket(n, 64) for n in (500, 3334, 5000)]
+        [504, 3360, 5056]
     """
     if size <= FINE_BUCKET_ROWS:
         return max(MIN_BUCKET_ROWS, 1 << max(0, size - 1).bit_length())
-    step = 1 << (size.bit_length() - 4)  # size >= 2**(bit_length - 1): 8 steps
+    octave = 1 << (size.bit_length() - 1)  # the power of two below (or at) size
+    step = max(MIN_BUCKET_ROWS, octave // steps)
     return math.ceil(size / step) * step
 
 
@@ -237,23 +252,26 @@ def bucket_batch_size(size: int, total: int, cap: int, num_devices: int) -> int:
     """Round an automatic batch of rows up to its :func:`row_bucket`, so that inputs
     of many sizes share a few compiled programs; rows beyond the input are padding.
 
-    The bucket is used only when it stays within ``cap`` (the rows the memory
-    budget allows) and keeps the number of batches ``ceil(total / size)``, so the
-    batch numbering (and the per-batch keys) is that of ``size``. Otherwise
-    ``size`` is returned unchanged.
+    A call of one batch is rounded in :data:`BUCKET_STEPS` per octave, a call of
+    several in :data:`BULK_BUCKET_STEPS`. The bucket is used only when it stays
+    within ``cap`` (the rows the memory budget allows) and keeps the number of
+    batches ``ceil(total / size)``, so the batch numbering (and the per-batch keys)
+    is that of ``size``. Otherwise ``size`` is returned unchanged.
 
     Example:
         >>> bucket_batch_size(5, 5, 10_000, 1), bucket_batch_size(9, 9, 10_000, 1)
         (8, 16)
-        >>> bucket_batch_size(500, 1000, 10_000, 1)
+        >>> bucket_batch_size(500, 500, 10_000, 1)
         512
-        >>> bucket_batch_size(3334, 10_000, 10_000, 1)  # 3 batches of 3584, not 4096
-        3584
+        >>> bucket_batch_size(3334, 10_000, 10_000, 1)  # 3 batches of 3360, not 3584
+        3360
         >>> bucket_batch_size(5, 15, 10_000, 1)  # 8 would make 2 batches, not 3
         5
         >>> bucket_batch_size(600, 600, 600, 1)  # over the memory cap
         600
     """
-    bucket = math.ceil(row_bucket(size) / num_devices) * num_devices
-    same_batches = math.ceil(total / bucket) == math.ceil(total / max(1, size))
+    batches = math.ceil(total / max(1, size))
+    steps = BUCKET_STEPS if batches == 1 else BULK_BUCKET_STEPS
+    bucket = math.ceil(row_bucket(size, steps) / num_devices) * num_devices
+    same_batches = math.ceil(total / bucket) == batches
     return bucket if bucket <= max(cap, size) and same_batches else size

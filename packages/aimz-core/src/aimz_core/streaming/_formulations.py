@@ -21,7 +21,6 @@ from aimz_core._jit_cache import PersistentJit
 from aimz_core._sizing import (
     CACHE_BYTES_PER_BLOCK,
     MAX_DRAWS_PER_BLOCK,
-    MIN_DRAWS_PER_BLOCK,
     TEMP_BYTES_PER_BLOCK,
 )
 
@@ -31,6 +30,8 @@ SLICES_PER_BATCH = 8
 MIN_SLICE_DRAWS = 8
 #: Most of the planner's batches one launch computes at once.
 MAX_BATCHES_PER_LAUNCH = 4
+#: The block tried against one ``vmap`` over every draw.
+SPLIT_BLOCK = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +139,7 @@ def candidates(block: int | None, per_draw: int, length: int) -> list[Formulatio
     if block != 1:  # a block of 1 is `lax.map` over single draws already
         out.append(Formulation("map"))
     if block is None:
-        other = MIN_DRAWS_PER_BLOCK
+        other = SPLIT_BLOCK
     elif block * per_draw > CACHE_BYTES_PER_BLOCK and block >= 4:
         other = block // 2
     elif 2 * block <= most and 2 * block < length:
@@ -165,7 +166,7 @@ def _map_draws(
         return one(kp[0], kp[1], arrays, intervention, condition)
 
     count = keys.shape[0]
-    if formulation.mode == "map":
+    if formulation.mode == "map" or formulation.block == 1:  # no axis of 1 to vmap over
         return lax.map(single, (keys, post))
     if formulation.block is None or formulation.block >= count:
         return jax.vmap(one, in_axes=(0, 0, None, None, None))(
