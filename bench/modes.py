@@ -27,7 +27,7 @@ MODES = {
     "engine's blocks)",
     "predictive": "NumPyro `Predictive(kernel, posterior_samples)(key, X=X)` on the full array",
     "floor": "compute floor: the engine's per-draw forward pass (`forward_draw`) with the "
-    "engine's plan (batch size and draw block: `lax.map(batch_size=block)` as "
+    "engine's plan (batch size and draw block: `lax.map(batch_size=block)`, plain for 1, as "
     "`planning.draw_block_size` picks it, one vmap when all draws fit), batch by batch, "
     "two in flight, copied to host and discarded",
     "floor_vmap": "reference only: the floor with one vmap over all draws of a batch "
@@ -105,8 +105,9 @@ class Floor:
 
     ``aimz_core.sampling.forward_draw`` for one draw, over the draws of a batch the
     way the engine does it: ``jax.lax.map(..., batch_size=block)`` with the engine's
-    draw block (``planning.draw_block_size``, see :func:`floor_draw_block`), or one
-    ``vmap`` when the block is ``None`` (all draws fit). Keys are derived like the
+    draw block (``planning.draw_block_size``, see :func:`floor_draw_block`; a plain
+    ``lax.map`` for a block of 1), or one ``vmap`` when the block is ``None`` (all
+    draws fit). Keys are derived like the
     engine's (obs: ``fold_in(key, batch)`` split per draw; draw: ``fold_in(key,
     draw)``); the draw path takes each chunk of the device posterior with the
     engine's jitted gather. Batches of the engine's size (the last one padded), two
@@ -130,7 +131,11 @@ class Floor:
         def over_draws(keys, draws, X):
             if block is None or block >= keys.shape[0]:
                 return jax.vmap(one, in_axes=(0, 0, None))(keys, draws, X)
-            return jax.lax.map(lambda kd: one(kd[0], kd[1], X), (keys, draws), batch_size=block)
+            return jax.lax.map(
+                lambda kd: one(kd[0], kd[1], X),
+                (keys, draws),
+                batch_size=None if block == 1 else block,  # as the engine: a plain loop
+            )
 
         if shard_axis == "obs":
             num_draws = self.num_draws
