@@ -60,11 +60,13 @@ def split_range(total: int, size: int) -> list[tuple[int, int]]:
 
 
 def _digest(values: dict[str, Any]) -> str:
+    """SHA-256 of every value whole, read in place (a ``tobytes`` copy of the
+    benchmark MLP's 176 MiB posterior doubled the digest's 0.15 s)."""
     h = hashlib.sha256()
     for name in sorted(values):
         arr = np.ascontiguousarray(np.asarray(values[name]))
         h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
-        h.update(arr.tobytes())
+        h.update(arr.tobytes() if arr.dtype.hasobject else arr.data)
     return h.hexdigest()
 
 

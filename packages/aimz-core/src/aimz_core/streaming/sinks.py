@@ -26,8 +26,10 @@ import numpy as np
 PAIRING_ATTRS = ("rng_key", "shard_axis", "num_devices", "batch_size")
 #: Attribute with the :func:`posterior_digest` of the posterior an output was drawn from.
 POSTERIOR_ATTR = "posterior_digest"
-#: Bytes of each posterior site hashed by :func:`posterior_digest` (evenly spaced).
-DIGEST_BYTES = 2**24
+#: Bytes of each posterior site hashed by :func:`posterior_digest` (evenly spaced):
+#: at 16 MiB the digest of the benchmark MLP's posterior (176 MiB) took 0.2 s of
+#: every Zarr call, at 1 MiB it takes about 0.01 s.
+DIGEST_BYTES = 2**20
 
 
 def pairing_attrs(
@@ -95,7 +97,7 @@ def posterior_digest(posterior: Mapping[str, Any]) -> str:
         h.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
         flat = array.reshape(-1)
         step = max(1, -(-flat.nbytes // DIGEST_BYTES))
-        h.update(np.ascontiguousarray(flat[::step]).tobytes())
+        h.update(np.ascontiguousarray(flat[::step]))  # hashed in place, no bytes copy
     return h.hexdigest()
 
 
