@@ -214,6 +214,26 @@ def test_a_short_call_does_not_bet_a_compile_on_rows(model, X_many, reference_ma
     _close(out, reference_many)
 
 
+def test_the_tuning_call_runs_its_remaining_batches_whole(
+    model, X_many, reference_many, monkeypatch
+):
+    sliced = []
+    real = at.TunedLaunch._sliced
+
+    def recording(self, post, key, index, *rest):
+        sliced.append(int(index))
+        return real(self, post, key, index, *rest)
+
+    monkeypatch.setattr(at.TunedLaunch, "_sliced", recording)
+    monkeypatch.setattr(at, "ROWS_TRIAL_SHARE", 0.0)  # no rows trial: draws only
+    out = _predict(model, X_many)
+    # Batch 0 times every draw candidate in slices; batches 1-4 are one launch each
+    # of the winner's whole-batch program (no slices, no concatenation).
+    assert sliced == [0]
+    assert at.LAST["winner"] in at.LAST["candidates"]
+    _close(out, reference_many)
+
+
 def _prefer_two_batches(times, default):
     """A `choose` that takes the candidate of 2 batches per launch whenever it is timed."""
     two = [f for f in times if f.batches == 2]
@@ -242,9 +262,10 @@ def test_two_batches_per_launch_keep_the_planners_draws(
     monkeypatch.setattr(at.TunedLaunch, "span", recording_span)
     monkeypatch.setattr(at, "choose", _prefer_two_batches)
     tuned = _predict(model, X_many)
-    # Batches 0-1 time the draw candidates, batches 2-3 run as one launch (the rows
-    # candidate), and batch 4 is left over: one batch, never past the end.
-    assert spans == [(0, 1), (1, 1), (2, 2), (4, 1)]
+    # Batch 0 times the draw candidates (10 slices of 10 draws: the blocks divide the
+    # 100 draws), batches 1-2 run as one launch (the rows candidate), and 3-4 as the
+    # winner's launch of two; the stored run below leaves batch 4 over.
+    assert spans == [(0, 1), (1, 2), (3, 2)]
     labels = {u[0] for u in at.LAST["units"]}
     assert any(label.endswith("x2") for label in labels)
     stored = json.loads(next((tmp_path / "cache" / "autotune").glob("*.json")).read_text())

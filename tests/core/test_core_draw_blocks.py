@@ -58,3 +58,29 @@ def test_the_tuners_block_of_one_draw_is_a_plain_loop(map_calls):
     paired = formulations.build(one, 6, 6, formulations.Formulation("vmap", 2))(*args)
     assert map_calls == [None, 2]
     np.testing.assert_allclose(single["y"], paired["y"], rtol=1e-6, atol=1e-6)
+
+
+def test_blocks_divide_the_draws_so_xla_keeps_no_copy_of_the_output():
+    from aimz_core._sizing import block_for_draw_bytes, dividing_block
+
+    assert block_for_draw_bytes(10_000, 1000) == 10  # 16 fit the cache; 10 divides 1000
+    assert block_for_draw_bytes(10_000, 1024) == 16
+    assert block_for_draw_bytes(10_000, 997) == 16  # prime: no divisor near 16
+    assert [dividing_block(b, 12) for b in (1, 2, 5, 8, 16)] == [1, 2, 4, 6, 12]
+
+    def one(key, draw, arrays, intervention, condition):
+        return {"y": arrays["x"] * draw["w"] + jax.random.normal(key, arrays["x"].shape)}
+
+    post = {"w": jnp.arange(1000.0, dtype=jnp.float32)}
+    args = (post, (jax.random.key(0), 0), np.int32(0), {"x": jnp.ones(2000)}, {}, {})
+    temps = {}
+    for block in (16, 10):
+        fn = formulations.build(one, 1000, 1000, formulations.Formulation("vmap", block))
+        analysis = jax.jit(fn.jitted).lower(*args).compile().memory_analysis()
+        if analysis is None:
+            pytest.skip("this backend reports no memory analysis")
+        temps[block] = analysis.temp_size_in_bytes
+    output = 1000 * 2000 * 4
+    # A remainder (1000 = 62 x 16 + 8) is concatenated: the blocks' output is a temporary.
+    assert temps[16] >= output * 0.9, temps
+    assert temps[10] < output / 4, temps

@@ -381,3 +381,36 @@ def test_lazy_reader_keeps_chunk_layout(tmp_path, make_info, feed_sink):
     y = sink.commit()["posterior_predictive"]["y"]
     assert y.chunks[0] == (1, 1) and y.chunks[1] == (4, 2)
     assert isinstance(lazy_arrays.has_dask(), bool)
+
+
+def test_a_trimmed_last_block_is_copied_once(tmp_path, make_info):
+    """The last batch arrives as a strided view (padding trimmed) for a partial chunk:
+    Zarr copies it into a whole chunk, and the sink adds no contiguous copy of its own
+    (that copy was a second batch of memory at the end of every call)."""
+    import tracemalloc
+
+    chunk = 4096
+    info, data = make_info(draws=200, obs=10_000, chunk=chunk)
+    sink = ZarrSink(tmp_path, coalesce_bytes=0)
+    sink.open(info)
+    last = (data["y"].shape[1] // chunk) * chunk
+    for start in range(0, data["y"].shape[1], chunk):
+        sink.write("z", start, data["z"][:, start : start + chunk])
+        if start != last:
+            sink.write("y", start, data["y"][:, start : start + chunk])
+    sink._pool.join()  # everything else written before the window
+    padded = np.zeros((200, chunk), dtype=np.float32)  # a padded device batch
+    padded[:, : 10_000 - last] = data["y"][:, last:]
+    block = padded[:, : 10_000 - last]
+    assert not block.flags["C_CONTIGUOUS"]
+    tracemalloc.start()
+    try:
+        sink.write("y", last, block)
+        sink._pool.join()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    chunk_bytes = 200 * chunk * 4
+    assert peak < chunk_bytes + block.nbytes // 2, (peak, chunk_bytes, block.nbytes)
+    tree = sink.commit()
+    np.testing.assert_array_equal(tree["posterior_predictive"]["y"].values[0], data["y"])

@@ -193,8 +193,7 @@ class ZarrSink(Sink):
             if site not in self._arrays:
                 raise ValueError(f"Unknown site {site!r}; expected one of {list(self._arrays)}.")
             layout = self._info.sites[site]
-            # Checked here, converted (a copy when the block is a trimmed view or
-            # another dtype) on the writer thread.
+            # Checked here, converted (only to another dtype) on the writer thread.
             region, values = block_region(layout, start, block, aligned=True, convert=False)
             length = values.shape[layout.stream_axis]
             if self._chunk_len[site] > stream_chunk(layout):
@@ -211,7 +210,10 @@ class ZarrSink(Sink):
         dtype = storage_dtype(self._info.sites[site].dtype)
 
         def job() -> None:
-            array[region] = np.ascontiguousarray(values, dtype=dtype)
+            # Zarr copies a trimmed (strided) block once as it encodes the chunk, and
+            # a partial last chunk once into a whole one; a contiguous copy made here
+            # would come on top (a second batch of memory at the call's peak).
+            array[region] = values if values.dtype == dtype else values.astype(dtype)
 
         self._pool.submit(job, values.nbytes)
 

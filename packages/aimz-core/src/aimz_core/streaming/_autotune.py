@@ -20,7 +20,8 @@ fastest depends on the model and the machine, so a large enough call measures th
   :data:`~aimz_core.streaming._formulations.MAX_BATCHES_PER_LAUNCH`, and within
   :data:`LAUNCH_OUTPUT_BYTES` of output and twice the draw block's intermediates
   budget per launch);
-* the winner computes the rest of the call and is stored in memory and, where the
+* the winner computes the rest of the call (whole batches, one program per launch)
+  and is stored in memory and, where the
   executable cache persists (:func:`~aimz_core._jit_cache.executable_cache_dir`),
   in ``<cache dir>/autotune/<key>.json``: the key digests the planner's batch
   program (kernel, shapes and dtypes, method, shard axis, devices) and the device
@@ -178,7 +179,8 @@ class TunedLaunch:
     The first launch looks the call's program up: a stored choice runs every launch
     with its whole-batch program; otherwise a large enough call (and the only one
     tuning that program at the moment) times the candidates on slices of its first
-    launches; any other call runs the planner's program, as without tuning.
+    launches and runs the rest with the winner's whole-batch program; any other call
+    runs the planner's program, as without tuning.
     """
 
     def __init__(self, runner: BlockRunner, plan: StreamPlan) -> None:
@@ -263,7 +265,9 @@ class TunedLaunch:
         self.per_draw = self.entry.draw_bytes(
             (args[1][0], first_draw(args[0]), args[2], args[3], args[4])
         )
-        self.candidates = candidates(self.config.draw_block, self.per_draw, self.length)
+        self.candidates = candidates(
+            self.config.draw_block, self.per_draw, self.length, num_draws=self.num_draws
+        )
         # Slices of whole blocks: no second program for a remainder to compile.
         self.length = slice_length(self.num_draws, blocks_multiple(self.candidates))
         self._queue(self.candidates)
@@ -379,8 +383,13 @@ class TunedLaunch:
             return self.entry.fn(*args)
         post, (key, index), arrays, interv, cond = args
         index = np.int32(index)
-        if self.mode == "stored":
-            assert self.winner is not None
+        if self.winner is not None and not self.queue:
+            # Stored, or chosen by this call: whole launches from here on. Slices
+            # cost a dispatch each and a concatenation per batch, which on the
+            # benchmark MLP (1000 draws, 10 slices a batch) made the rest of the
+            # tuning call far slower than the planner's program.
+            if self.winner == Formulation("vmap", self.config.draw_block) and batches == 1:
+                return self.entry.fn(*args)
             fn = self._function(self.winner.with_batches(batches), self.num_draws)
             return fn(post, (key, index), np.int32(0), arrays, interv, cond)
         out = self._sliced(post, key, index, arrays, interv, cond, batches)

@@ -22,6 +22,7 @@ from aimz_core._sizing import (
     CACHE_BYTES_PER_BLOCK,
     MAX_DRAWS_PER_BLOCK,
     TEMP_BYTES_PER_BLOCK,
+    dividing_block,
 )
 
 #: Slices of draws each batch is cut into while tuning.
@@ -115,12 +116,16 @@ def blocks_multiple(formulations: list[Formulation]) -> int:
     return math.lcm(*(f.block or 1 for f in formulations if f.mode == "vmap"), 1)
 
 
-def candidates(block: int | None, per_draw: int, length: int) -> list[Formulation]:
+def candidates(
+    block: int | None, per_draw: int, length: int, num_draws: int | None = None
+) -> list[Formulation]:
     """The mappings of draws a call times: the planner's first, ``lax.map`` over
     single draws, and a block twice the planner's within the memory budget, or half
     of it when the planner's block already overflows the cache budget
     (:data:`~aimz_core._sizing.CACHE_BYTES_PER_BLOCK`: large draws, such as a wide
-    layer over many rows, where vectorising draws only adds memory traffic).
+    layer over many rows, where vectorising draws only adds memory traffic). With
+    ``num_draws`` (the whole batch's draws), that block is moved to a divisor of it
+    (:func:`~aimz_core._sizing.dividing_block`), so a winner needs no remainder.
 
     Example:
         >>> [f.label for f in candidates(4, 2**20, 125)]
@@ -133,6 +138,8 @@ def candidates(block: int | None, per_draw: int, length: int) -> list[Formulatio
         ['vmap-1', 'vmap-2']
         >>> [f.label for f in candidates(None, 1000, 8)]
         ['vmap-all', 'map', 'vmap-4']
+        >>> [f.label for f in candidates(8, 1000, 125, num_draws=1000)]  # not 16
+        ['vmap-8', 'map', 'vmap-10']
     """
     most = min(MAX_DRAWS_PER_BLOCK, TEMP_BYTES_PER_BLOCK // max(1, per_draw))
     out = [Formulation("vmap", block)]
@@ -146,7 +153,9 @@ def candidates(block: int | None, per_draw: int, length: int) -> list[Formulatio
         other = 2 * block
     else:
         other = block // 2
-    if 2 <= other < length and other <= max(most, 1):
+    if num_draws is not None and other >= 1:
+        other = dividing_block(other, num_draws)
+    if 2 <= other < length and other <= max(most, 1) and Formulation("vmap", other) not in out:
         out.append(Formulation("vmap", other))
     return out
 
