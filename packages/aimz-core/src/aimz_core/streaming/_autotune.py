@@ -89,17 +89,22 @@ if TYPE_CHECKING:
 #: Timed slices per candidate (after one untimed slice that compiles it).
 TIMED_ROUNDS = 2
 #: A call is tuned when it has at least this many slices (``AIMZ_AUTOTUNE_MIN_SLICES``
-#: overrides it; tests set it low): 64 slices are 8 batches.
-MIN_SLICES = 64
+#: overrides it; tests set it low): 160 slices are 20 batches of 1000 draws. Compiling
+#: the candidates' slice programs is most of what tuning costs (2.7 of 3.05 s on the
+#: benchmark MLP, 1000 draws x 100K rows in 13 batches: 3.9% of that call), and the
+#: call compiles its winner's whole-batch program besides, so shorter calls cannot
+#: amortise it.
+MIN_SLICES = 160
 #: The planner's block is kept unless another candidate is this much faster.
 MARGIN = 0.01
 #: Output bytes one launch of several batches may hold (4 planner batches' worth).
 LAUNCH_OUTPUT_BYTES = 4 * OUTPUT_BYTES_PER_BATCH
 #: A rows candidate is tried only when compiling it (estimated from the draw
-#: candidates' first slices) costs at most this share of the rest of the call: on
-#: 2 CPU cores it compiled in 2.5 s and ran no faster on the benchmark MLP, so only
-#: long calls (about 50x its compile time) take that bet.
-ROWS_TRIAL_SHARE = 0.02
+#: candidates' first slices) costs at most this share of the rest of the call. The
+#: trial costs about twice its compile (on the benchmark MLP, 1000 draws x 160K rows:
+#: 1.03 s to compile, 1.66 s in all, and it ran no faster), so 1% keeps it under 2%
+#: of the call and the whole tuning under the 3% that issue 16 allows.
+ROWS_TRIAL_SHARE = 0.01
 
 logger = logging.getLogger("aimz")
 #: The last tuning of this process: ``units`` (label, timed, seconds, draws x batches)
