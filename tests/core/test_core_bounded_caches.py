@@ -60,7 +60,7 @@ def test_explicit_batch_size_is_not_bucketed():
     shapes = {
         leaf[0]
         for e in model._functions._entries.values()
-        for sig in e.fn._compiled
+        for sig, _precision in e.fn._compiled
         for leaf in sig[1]
     }
     assert model._functions.compiled() == before + 1
@@ -83,7 +83,7 @@ def test_row_buckets_are_on_by_default_and_can_be_turned_off(monkeypatch):
         return {
             leaf[0]
             for e in model._functions._entries.values()
-            for sig in e.fn._compiled
+            for sig, _precision in e.fn._compiled
             for leaf in sig[1]
         }
 
@@ -143,7 +143,7 @@ def test_executables_in_memory_are_lru(tmp_path):
     for n in (1, 2, 3, 2):
         assert float(jit(np.ones(n, np.float32))[0]) == 0.0
     assert len(jit._compiled) == 2
-    assert [sig[1][0][0] for sig in jit._compiled] == [(3,), (2,)]
+    assert [sig[1][0][0] for sig, _precision in jit._compiled] == [(3,), (2,)]
 
 
 def test_disk_cache_stays_under_its_byte_bound(tmp_path, monkeypatch):

@@ -53,6 +53,7 @@ import jax
 import numpy as np
 
 from aimz_core._locks import TRACE_LOCK
+from aimz_core._precision import precision_key
 
 logger = logging.getLogger("aimz")
 
@@ -365,6 +366,8 @@ class PersistentJit:
         signature = call_signature(args)
         if signature is None:  # traced inside another transformation
             return self.jitted(*args)
+        # Programs traced under bfloat16 matrix products differ (`aimz_core._precision`).
+        signature = (signature, precision_key())
         if self.directory is None:
             if signature not in self._seen:
                 # The first call with new types traces: one thread at a time
@@ -400,7 +403,7 @@ class PersistentJit:
             >>> f.executable((jnp.ones(2),)) is None
             True
         """
-        return self._compiled.get(call_signature(args))
+        return self._compiled.get((call_signature(args), precision_key()))
 
     def eval_shape(self, *args: Any) -> Any:
         """Output shapes and dtypes for ``args`` (traces, never compiles)."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -34,6 +34,7 @@ import numpy as np
 from jax import dtypes, random
 
 from aimz_core._posterior import first_draw
+from aimz_core._precision import precision_key
 from aimz_core.batched import BatchConfig, BatchFunction
 
 if TYPE_CHECKING:
@@ -174,11 +175,16 @@ class RepeatCall:
     intervention: dict[str, Any]
     condition: dict[str, Any]
     params: tuple[tuple[str, Any], ...] = ()
+    #: JAX's matmul precision setting the executable was compiled under.
+    precision: str = field(default_factory=precision_key)
 
     def valid(self, post: dict[str, Any], spec: Any, vi_result: Any) -> bool:
-        """Whether the model still holds the objects this call was validated against."""
+        """Whether the model still holds the objects this call was validated against
+        (and JAX's matmul precision setting is the one it was compiled under)."""
         same_post = self.post is post or not (self.post or post)
         if not (same_post and self.spec is spec and self.vi_result is vi_result):
+            return False
+        if self.precision != precision_key():
             return False
         now = param_entries(vi_result)
         return len(now) == len(self.params) and all(
@@ -239,7 +245,7 @@ def repeat_key(
         ):
             return None
         return_sites = tuple(return_sites)
-    return ("repeat", kind, num_draws, X.shape, dtype, return_sites)
+    return ("repeat", kind, num_draws, X.shape, dtype, return_sites, precision_key())
 
 
 def run_on_batch(
@@ -267,7 +273,12 @@ def run_on_batch(
     """
     from aimz_core.streaming.blocks import dim_names
 
-    shape_key = ("on_batch", config, structure((post, arrays, intervention, condition)))
+    shape_key = (
+        "on_batch",
+        config,
+        structure((post, arrays, intervention, condition)),
+        precision_key(),  # the plan keeps a compiled executable
+    )
     memo = runner.functions.memo
     plan = memo.get(shape_key)
     if plan is not None:

@@ -16,6 +16,7 @@ from numpyro import handlers
 from aimz_core._draws import forward_draw, loglik_draw
 from aimz_core._jit_cache import PersistentJit, call_signature
 from aimz_core._posterior import take_draws
+from aimz_core._precision import with_bf16_matmuls
 from aimz_core._row_dependence import split_params, split_row_handlers
 from aimz_core._sizing import per_draw_bytes
 from aimz_core.sharding import DeviceLayout, shard_draws, shard_obs
@@ -131,6 +132,9 @@ def build_batch_function(
             (keys, post),
             batch_size=None if config.draw_block == 1 else config.draw_block,
         )
+
+    if config.kind != "loglik":  # forward passes only: log-likelihoods stay float32
+        one = with_bf16_matmuls(one)
 
     if config.shard_axis == "obs":
 
