@@ -17,6 +17,7 @@ float32; the Bernoulli probabilities moved by 4e-5 on average.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -116,9 +117,12 @@ def _evaluate(jaxpr: Any, consts: list[Any], args: list[Any]) -> list[Any]:
             body = eqn.params[_CUSTOM[name]]
             outs = _evaluate(body.jaxpr, body.consts, invals[-len(body.jaxpr.invars) :])
         else:
-            params = eqn.primitive.get_bind_params(eqn.params)
-            with eqn.ctx.manager:
-                result = eqn.primitive.bind(*invals, **params)
+            bound = eqn.primitive.get_bind_params(eqn.params)
+            # Older JAX returns (subfuns, params), newer the params alone.
+            subfuns, params = bound if isinstance(bound, tuple) else ((), bound)
+            manager = getattr(getattr(eqn, "ctx", None), "manager", None)
+            with manager if manager is not None else contextlib.nullcontext():
+                result = eqn.primitive.bind(*subfuns, *invals, **params)
             outs = result if eqn.primitive.multiple_results else [result]
         for var, value in zip(eqn.outvars, outs, strict=True):
             env[var] = value
