@@ -225,7 +225,9 @@ def test_the_tuning_call_runs_its_remaining_batches_whole(
         return real(self, post, key, index, *rest)
 
     monkeypatch.setattr(at.TunedLaunch, "_sliced", recording)
-    monkeypatch.setattr(at, "ROWS_TRIAL_SHARE", 0.0)  # no rows trial: draws only
+    # No rows trial (a share of 0 still allows one whose compile estimate is 0 s,
+    # as when the programs come from a warm executable cache): draws only.
+    monkeypatch.setattr(at.TunedLaunch, "_worth_compiling", lambda self, batches: False)
     out = _predict(model, X_many)
     # Batch 0 times every draw candidate in slices; batches 1-4 are one launch each
     # of the winner's whole-batch program (no slices, no concatenation).
