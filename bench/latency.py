@@ -32,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -56,6 +57,35 @@ RUN = 20
 
 _EVENTS: Counter[str] = Counter()
 _listening = False
+
+
+class _GcClock:
+    """Python garbage collections (count and ms per generation) during timed calls."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[int] = Counter()
+        self.ms: Counter[int] = Counter()
+        self._start = 0.0
+        self.on = False
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            gen = int(info["generation"])
+            self.counts[gen] += 1
+            self.ms[gen] += (time.perf_counter() - self._start) * 1e3
+
+    def take(self) -> dict[str, Any]:
+        out = {
+            "collections": {str(g): n for g, n in sorted(self.counts.items())},
+            "ms": {str(g): round(v, 3) for g, v in sorted(self.ms.items())},
+        }
+        self.counts.clear()
+        self.ms.clear()
+        return out
 
 
 def _listen() -> None:
@@ -191,13 +221,23 @@ def run(calls: int = 200, warmup: int = 10, run: int = RUN) -> dict[str, Any]:
         compiled_before = model._functions.compiled()
         times: dict[str, list[float]] = {name: [] for name in variants}
         cpu: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(max(1, calls // run)):
-            for name, fn in variants.items():
-                for _ in range(run):  # a service's back-to-back warm requests
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    fn(X)
-                    times[name].append(time.perf_counter() - t0)
-                    cpu[name].append(time.process_time() - c0)
+        gc_clocks = {name: _GcClock() for name in variants}
+        for clock in gc_clocks.values():
+            gc.callbacks.append(clock)
+        try:
+            for _ in range(max(1, calls // run)):
+                for name, fn in variants.items():
+                    clock = gc_clocks[name]
+                    for _ in range(run):  # a service's back-to-back warm requests
+                        c0, t0 = time.process_time(), time.perf_counter()
+                        clock.on = True
+                        fn(X)
+                        clock.on = False
+                        times[name].append(time.perf_counter() - t0)
+                        cpu[name].append(time.process_time() - c0)
+        finally:
+            for clock in gc_clocks.values():
+                gc.callbacks.remove(clock)
         events = {k: v - before.get(k, 0) for k, v in _EVENTS.items() if v - before.get(k, 0)}
         case = {
             "rows": rows,
@@ -212,6 +252,7 @@ def run(calls: int = 200, warmup: int = 10, run: int = RUN) -> dict[str, Any]:
                 "p99": _pct(ts, 99),
                 "mean": statistics.fmean(ts),
                 "cpu_p50": statistics.median(cpu[name]),
+                "gc": gc_clocks[name].take(),
             }
         out["cases"].append(case)
     out["loadavg_after"] = _loadavg()
@@ -268,6 +309,19 @@ def render(res: dict[str, Any]) -> str:
                 f"from ready arrays take {bound * 1e3:.3f} ms at p50 "
                 f"({v['dict']['p50'] * 1e3:.3f} + {v['xarray']['p50'] * 1e3:.3f}); the "
                 f"DataTree call takes {v['datatree']['p50'] * 1e3:.3f} ms."
+            )
+        collected = [
+            f"{name} {sum(fig['gc']['collections'].values())} "
+            f"({', '.join(f'gen{g} x{n}' for g, n in fig['gc']['collections'].items())}; "
+            f"{sum(fig['gc']['ms'].values()):.1f} ms)"
+            for name, fig in v.items()
+            if fig.get("gc", {}).get("collections")
+        ]
+        if "gc" in next(iter(v.values()), {}):
+            lines.append(
+                f"- {case['rows']} row(s): Python garbage collections inside the timed calls: "
+                + ("; ".join(collected) if collected else "none")
+                + "."
             )
         floor = v.get("floor")
         if floor is not None:

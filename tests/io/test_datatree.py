@@ -136,3 +136,45 @@ def test_datasets_from_a_template_equal_datasets_built_anew():
     # Lazy (non-NumPy) arrays and mismatched dims take the constructors' path.
     with pytest.raises(ValueError):
         make_dataset({"y": np.ones((1, 2))}, {"y": ("obs",)})
+
+
+def _tree() -> xr.DataTree:
+    post = {"w": np.arange(12.0).reshape(4, 3), "b": np.ones(4)}
+    return tree_from_arrays(
+        {"posterior": post, "posterior_predictive": {"y": np.zeros((4, 5))}},
+        num_chains=2,
+        dims={"y": ("obs",)},
+        attrs={"note": "x"},
+    )
+
+
+def test_groups_linked_directly_form_the_tree_xarray_builds(monkeypatch):
+    from aimz_io import datatree
+
+    # The fast link is in use on this xarray (a release that breaks it would fall
+    # back to the public setter, and this says so).
+    assert datatree._direct_attach_works()
+    fast = _tree()
+    monkeypatch.setattr(datatree, "_direct_attach_works", lambda: False)
+    public = _tree()
+    fast.attrs["created_at"] = public.attrs["created_at"]
+    for name in ("posterior", "posterior_predictive"):
+        fast[name].attrs["created_at"] = public[name].attrs["created_at"]
+    xr.testing.assert_identical(fast, public)
+    assert [node.path for node in fast.subtree] == ["/", "/posterior", "/posterior_predictive"]
+    for name, node in fast.children.items():
+        assert node.parent is fast and node.name == name and node.root is fast
+    # The tree behaves as one built in public: nodes can be added, replaced, detached.
+    fast["extra"] = xr.Dataset({"z": ("obs", np.arange(5))})
+    assert fast["extra"].parent is fast
+    with pytest.raises(ValueError, match="not aligned"):
+        fast["posterior_predictive/bad"] = xr.Dataset(coords={"obs": np.arange(7)})
+    detached = fast["posterior"]
+    detached.orphan()
+    assert detached.parent is None and "posterior" not in fast.children
+    # Each call's nodes are its own: editing one tree leaves the next untouched.
+    fast["posterior_predictive"]["y"].attrs["edited"] = True
+    fast["posterior_predictive"].attrs["edited"] = True
+    again = _tree()
+    assert "edited" not in again["posterior_predictive"]["y"].attrs
+    assert "edited" not in again["posterior_predictive"].attrs
