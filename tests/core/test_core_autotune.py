@@ -185,7 +185,7 @@ def test_second_process_reads_the_choice(model, X, tmp_path, reference):
 
 # ------------------------------------------------------------- rows per launch
 #: Rows that the planner cuts into 5 automatic batches on ``fitted_linreg``.
-MANY_ROWS = 200_000
+MANY_ROWS = 250_000
 
 
 @pytest.fixture(scope="module")

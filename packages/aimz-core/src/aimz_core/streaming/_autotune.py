@@ -60,7 +60,7 @@ from aimz_core._jit_cache import (
 )
 from aimz_core._locks import TRACE_LOCK
 from aimz_core._posterior import first_draw
-from aimz_core._sizing import OUTPUT_BYTES_PER_BATCH, TEMP_BYTES_PER_BLOCK
+from aimz_core._sizing import TEMP_BYTES_PER_BLOCK
 from aimz_core.arguments import host_rows, pad_rows
 from aimz_core.streaming._choices import (
     _BUSY,
@@ -97,8 +97,8 @@ TIMED_ROUNDS = 2
 MIN_SLICES = 160
 #: The planner's block is kept unless another candidate is this much faster.
 MARGIN = 0.01
-#: Output bytes one launch of several batches may hold (4 planner batches' worth).
-LAUNCH_OUTPUT_BYTES = 4 * OUTPUT_BYTES_PER_BATCH
+#: Output bytes one launch of several batches may hold (128 MiB).
+LAUNCH_OUTPUT_BYTES = 128 * 2**20
 #: A rows candidate is tried only when compiling it (estimated from the draw
 #: candidates' first slices) costs at most this share of the rest of the call. The
 #: trial costs about twice its compile (on the benchmark MLP, 1000 draws x 160K rows:
