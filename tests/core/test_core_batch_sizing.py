@@ -25,7 +25,12 @@ def test_long_streams_batch_above_the_mmap_cap(rows):
     # One site: the batch budget is one buffer. (Several sites share the budget, so
     # each of their buffers can stay under the cap.)
     options = StreamOptions(
-        kind="predict", caller="predict", store="memory", progress=False, return_sites=("y",)
+        kind="predict",
+        caller="predict",
+        store="memory",
+        return_datatree=False,
+        progress=False,
+        return_sites=("y",),
     )
     plan = plan_call(
         options, resolve_inputs(model, X, None, options), model._runner(), param_input="X"
